@@ -1,0 +1,96 @@
+//! The broker: how events travel between Tidings processes, and where recent
+//! history and the latest state per entity live.
+//!
+//! The gateway subscribes to a workspace while it has local readers and receives
+//! its messages through a [`MessageHandler`]; publishers append durable events
+//! (which get their id here) or send live-only ones. [`MemoryBroker`] serves
+//! `tidings dev` and unit tests; the Redis implementation follows SPEC §4.
+
+mod memory;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tidings_protocol::{Event, EventId};
+
+pub use memory::MemoryBroker;
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing store cannot be reached; callers answer 503 and retry later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this process cannot use.
+    #[error("broker protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Receives every message of the workspaces this process subscribed to.
+///
+/// Called on the broker's delivery path, so it must not block or await: it
+/// hands the payload to local queues and returns.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// `payload` is the event JSON exactly as published on `workspace:<id>`.
+    fn on_message(&self, workspace_id: &str, payload: Bytes);
+}
+
+/// A durable event as stored in history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: EventId,
+    /// The event JSON, `id` included.
+    pub json: Bytes,
+}
+
+/// A window of a workspace's history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryPage {
+    /// Events after `since` (or the newest ones without `since`), oldest first.
+    pub events: Vec<StoredEvent>,
+    /// False when events after `since` were already trimmed from history, so the
+    /// client must reload its state. Always true without `since`.
+    pub recovered: bool,
+    /// True when more events follow the last one returned.
+    pub more: bool,
+    /// The newest id stored for the workspace, if any.
+    pub last_id: Option<EventId>,
+}
+
+/// The latest `metrics_update` or `health_update` of one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestEvent {
+    pub entity_ref: String,
+    pub event_type: String,
+    pub json: Bytes,
+}
+
+/// Pub/sub, history and latest state, shared by every gateway and publisher.
+pub trait Broker: Send + Sync + 'static {
+    /// Durable publish: assigns the next id of the workspace's history, stores
+    /// the event, updates the latest state, then delivers it to subscribers, with
+    /// delivery order equal to id order. Returns the event with its `id`.
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Event, BrokerError>>;
+
+    /// Live-only publish: delivered to current subscribers, never stored.
+    fn publish_live(&self, event: Event) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Starts delivering the workspace's messages to this process's handler.
+    fn subscribe<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Stops delivering the workspace's messages.
+    fn unsubscribe<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Up to `limit` events after `since`, or the newest `limit` without it.
+    fn history<'a>(
+        &'a self,
+        workspace_id: &'a str,
+        since: Option<EventId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>>;
+
+    /// The latest `metrics_update` / `health_update` per entity of the workspace.
+    fn latest<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<Vec<LatestEvent>, BrokerError>>;
+
+    /// True while the backing store answers.
+    fn is_ready(&self) -> BoxFuture<'_, bool>;
+}

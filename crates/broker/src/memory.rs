@@ -1,0 +1,272 @@
+//! The in-memory broker: one process, no Redis. It keeps the same promises as
+//! the Redis layout (ids like stream entry ids, bounded history, latest state,
+//! delivery in id order), so `tidings dev` behaves like production.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, ready};
+use tidings_protocol::payloads::is_conflatable;
+use tidings_protocol::{Event, EventId};
+
+use crate::{Broker, BrokerError, HistoryPage, LatestEvent, MessageHandler, StoredEvent};
+
+#[derive(Default)]
+struct WorkspaceLog {
+    events: VecDeque<StoredEvent>,
+    last_id: EventId,
+    /// Newest id trimmed away; `since` below it cannot be recovered.
+    last_trimmed: Option<EventId>,
+    /// entity_ref → event type → latest JSON.
+    latest: BTreeMap<String, BTreeMap<String, Bytes>>,
+}
+
+#[derive(Default)]
+struct State {
+    logs: HashMap<String, WorkspaceLog>,
+    subscribed: HashSet<String>,
+}
+
+/// An in-process broker with bounded history per workspace.
+pub struct MemoryBroker {
+    history_size: usize,
+    /// A std mutex: every critical section is short and never awaits. Delivery
+    /// happens while it is held so that delivery order equals id order.
+    state: Mutex<State>,
+    handler: OnceLock<Arc<dyn MessageHandler>>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker").field("history_size", &self.history_size).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl MemoryBroker {
+    /// Keeps the newest `history_size` events of each workspace.
+    pub fn new(history_size: usize) -> Self {
+        Self { history_size: history_size.max(1), state: Mutex::new(State::default()), handler: OnceLock::new() }
+    }
+
+    /// Sets where subscribed messages go. One handler per broker (one gateway per
+    /// process); a second call is ignored and returns false.
+    pub fn set_handler(&self, handler: Arc<dyn MessageHandler>) -> bool {
+        self.handler.set(handler).is_ok()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deliver(&self, state: &State, workspace_id: &str, payload: Bytes) {
+        if state.subscribed.contains(workspace_id)
+            && let Some(h) = self.handler.get()
+        {
+            h.on_message(workspace_id, payload);
+        }
+    }
+
+    fn publish_now(&self, mut event: Event) -> Event {
+        let mut state = self.lock();
+        let log = state.logs.entry(event.workspace_id.clone()).or_default();
+        let id = log.last_id.next_after(now_ms());
+        log.last_id = id;
+        event.id = Some(id);
+        let json = Bytes::from(event.to_json());
+        log.events.push_back(StoredEvent { id, json: json.clone() });
+        while log.events.len() > self.history_size {
+            if let Some(old) = log.events.pop_front() {
+                log.last_trimmed = Some(old.id);
+            }
+        }
+        if let Some(entity_ref) = event.entity_ref.as_ref().filter(|_| is_conflatable(&event.event_type)) {
+            log.latest.entry(entity_ref.clone()).or_default().insert(event.event_type.clone(), json.clone());
+        }
+        self.deliver(&state, &event.workspace_id, json);
+        event
+    }
+
+    fn history_now(&self, workspace_id: &str, since: Option<EventId>, limit: usize) -> HistoryPage {
+        let state = self.lock();
+        let Some(log) = state.logs.get(workspace_id) else {
+            return HistoryPage { recovered: true, ..HistoryPage::default() };
+        };
+        let last_id = log.events.back().map(|e| e.id);
+        match since {
+            None => {
+                let skip = log.events.len().saturating_sub(limit);
+                HistoryPage { events: log.events.iter().skip(skip).cloned().collect(), recovered: true, more: false, last_id }
+            }
+            Some(since) => {
+                let start = log.events.partition_point(|e| e.id <= since);
+                let events: Vec<StoredEvent> = log.events.iter().skip(start).take(limit).cloned().collect();
+                let more = log.events.len() - start > events.len();
+                let recovered = log.last_trimmed.is_none_or(|trimmed| since >= trimmed);
+                HistoryPage { events, recovered, more, last_id }
+            }
+        }
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Event, BrokerError>> {
+        ready(Ok(self.publish_now(event))).boxed()
+    }
+
+    fn publish_live(&self, event: Event) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let state = self.lock();
+        self.deliver(&state, &event.workspace_id, Bytes::from(event.to_json()));
+        ready(Ok(())).boxed()
+    }
+
+    fn subscribe<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.lock().subscribed.insert(workspace_id.to_string());
+        ready(Ok(())).boxed()
+    }
+
+    fn unsubscribe<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.lock().subscribed.remove(workspace_id);
+        ready(Ok(())).boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        workspace_id: &'a str,
+        since: Option<EventId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        ready(Ok(self.history_now(workspace_id, since, limit))).boxed()
+    }
+
+    fn latest<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<Vec<LatestEvent>, BrokerError>> {
+        let state = self.lock();
+        let latest = state
+            .logs
+            .get(workspace_id)
+            .map(|log| {
+                log.latest
+                    .iter()
+                    .flat_map(|(entity_ref, by_type)| {
+                        by_type.iter().map(move |(event_type, json)| LatestEvent {
+                            entity_ref: entity_ref.clone(),
+                            event_type: event_type.clone(),
+                            json: json.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ready(Ok(latest)).boxed()
+    }
+
+    fn is_ready(&self) -> BoxFuture<'_, bool> {
+        ready(true).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(String, Bytes)>>);
+
+    impl MessageHandler for Collect {
+        fn on_message(&self, workspace_id: &str, payload: Bytes) {
+            self.0.lock().unwrap().push((workspace_id.to_string(), payload));
+        }
+    }
+
+    fn event(ws: &str, n: u64) -> Event {
+        Event::new("t", ws, json!({ "n": n }))
+    }
+
+    #[tokio::test]
+    async fn ids_increase_and_only_subscribed_workspaces_are_delivered() {
+        let broker = MemoryBroker::new(100);
+        let seen = Arc::new(Collect::default());
+        assert!(broker.set_handler(seen.clone()));
+        broker.subscribe("a").await.unwrap();
+        let mut last = EventId::ZERO;
+        for n in 0..50 {
+            let e = broker.publish(event(if n % 2 == 0 { "a" } else { "b" }, n)).await.unwrap();
+            let id = e.id.unwrap();
+            if n % 2 == 0 {
+                assert!(id > last);
+                last = id;
+            }
+        }
+        let seen = seen.0.lock().unwrap();
+        assert_eq!(seen.len(), 25);
+        assert!(seen.iter().all(|(ws, json)| ws == "a" && serde_json::from_slice::<Event>(json).unwrap().workspace_id == "a"));
+    }
+
+    #[tokio::test]
+    async fn history_pages_and_detects_trimming() {
+        let broker = MemoryBroker::new(5);
+        let mut ids = Vec::new();
+        for n in 0..8 {
+            ids.push(broker.publish(event("w", n)).await.unwrap().id.unwrap());
+        }
+        let page = broker.history("w", None, 3).await.unwrap();
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[5..8]);
+        assert!(page.recovered);
+
+        let page = broker.history("w", Some(ids[2]), 2).await.unwrap();
+        assert!(page.recovered, "ids[2] was the last trimmed, everything after it is kept");
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[3..5]);
+        assert!(page.more);
+
+        let page = broker.history("w", Some(ids[1]), 100).await.unwrap();
+        assert!(!page.recovered, "ids[2] after ids[1] is gone");
+        assert_eq!(page.events.len(), 5);
+        assert!(!page.more);
+        assert_eq!(page.last_id, Some(ids[7]));
+
+        let empty = broker.history("nobody", Some(EventId::new(1, 0)), 10).await.unwrap();
+        assert!(empty.recovered && empty.events.is_empty());
+    }
+
+    #[tokio::test]
+    async fn latest_keeps_the_newest_metrics_and_health_per_entity() {
+        let broker = MemoryBroker::new(10);
+        for cpu in [1.0, 2.0] {
+            let mut e = Event::new("metrics_update", "w", json!({"metrics": {"cpu": cpu, "memory": 1.0}}));
+            e.entity_ref = Some("host:default/a".into());
+            broker.publish(e).await.unwrap();
+        }
+        let mut h = Event::new("health_update", "w", json!({"health": {"level": "info", "message": "ok", "timestamp": "t"}}));
+        h.entity_ref = Some("host:default/a".into());
+        broker.publish(h).await.unwrap();
+        let mut other = Event::new("deployment_update", "w", json!({}));
+        other.entity_ref = Some("host:default/a".into());
+        broker.publish(other).await.unwrap();
+
+        let latest = broker.latest("w").await.unwrap();
+        assert_eq!(latest.len(), 2);
+        let metrics: Event = serde_json::from_slice(&latest.iter().find(|l| l.event_type == "metrics_update").unwrap().json).unwrap();
+        assert_eq!(metrics.data["metrics"]["cpu"], 2.0);
+    }
+
+    #[tokio::test]
+    async fn live_events_are_delivered_but_not_stored() {
+        let broker = MemoryBroker::new(10);
+        let seen = Arc::new(Collect::default());
+        broker.set_handler(seen.clone());
+        broker.subscribe("w").await.unwrap();
+        broker.publish_live(event("w", 1)).await.unwrap();
+        assert_eq!(seen.0.lock().unwrap().len(), 1);
+        assert!(broker.history("w", None, 10).await.unwrap().events.is_empty());
+        broker.unsubscribe("w").await.unwrap();
+        broker.publish_live(event("w", 2)).await.unwrap();
+        assert_eq!(seen.0.lock().unwrap().len(), 1, "nothing after unsubscribe");
+    }
+}

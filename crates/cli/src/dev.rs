@@ -1,0 +1,151 @@
+//! `tidings dev`: the whole system in one process on the in-memory broker, with
+//! a demo dashboard at `/`. Gateway and publisher endpoints share one listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::response::Html;
+use axum::routing::get;
+use tidings_broker::{Broker, MemoryBroker, MessageHandler};
+use tidings_gateway::config::{GatewayArgs, init_logging};
+use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
+use tidings_gateway::{Node, server};
+use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Lifetime of the token printed on start.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Address to bind.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The `server` name this process reports.
+    #[arg(long, env = "TIDINGS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Log line format.
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    /// Bearer token of the publish API (default: a random one, printed on start).
+    #[arg(long, env = "TIDINGS_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+    /// Workspace that receives host metrics.
+    #[arg(long, env = "TIDINGS_METRICS_WORKSPACE", default_value = "dev")]
+    pub metrics_workspace: String,
+    /// Host metrics period in milliseconds.
+    #[arg(long, env = "TIDINGS_METRICS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub metrics_interval_ms: u64,
+}
+
+impl DevArgs {
+    /// Checks what clap cannot, so that bad values stop the program before it binds.
+    pub fn validate(&self) -> Result<(), crate::UsageError> {
+        tidings_protocol::event::validate_workspace_id(&self.metrics_workspace)
+            .map_err(|e| crate::UsageError(format!("TIDINGS_METRICS_WORKSPACE: {e}")))
+    }
+}
+
+fn random_secret() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// What a running dev server tells its user.
+#[derive(Debug, Clone)]
+pub struct DevInfo {
+    pub base_url: String,
+    pub jwt_secret: String,
+    pub publish_token: String,
+    pub token: String,
+}
+
+impl DevInfo {
+    pub fn banner(&self) -> String {
+        let ws_url = self.base_url.replacen("http", "ws", 1);
+        format!(
+            "\nTidings dev is running: gateway + publisher + host metrics, in-memory broker (no Redis).\n\n  \
+             Dashboard   {base}/#token={token}\n  \
+             WebSocket   websocat '{ws_url}/ws?token={token}'\n  \
+             Publish     curl -X POST {base}/v1/workspaces/dev/events -H 'Authorization: Bearer {pt}' -H 'Content-Type: application/json' -d '{{\"type\":\"notification\",\"data\":{{\"title\":\"Hello\",\"message\":\"from curl\",\"level\":\"info\"}}}}'\n  \
+             Token       {token}\n              (workspace dev, valid 24 h; mint others with TIDINGS_JWT_SECRET={secret} tidings token --workspace W)\n",
+            base = self.base_url,
+            token = self.token,
+            pt = self.publish_token,
+            secret = self.jwt_secret,
+        )
+    }
+}
+
+/// Serves everything on `listener` until `shutdown`, then drains. `on_ready`
+/// receives the URLs and secrets once the listener serves.
+pub async fn run(
+    args: DevArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    on_ready: impl FnOnce(&DevInfo),
+) -> anyhow::Result<()> {
+    args.validate()?;
+    let jwt_secret = args.gateway.jwt_secret.clone().unwrap_or_else(random_secret);
+    let publish_token = args.publish_token.clone().unwrap_or_else(random_secret);
+    let config = args.gateway.to_config(jwt_secret.clone(), args.instance_id.clone());
+
+    let registry = prometheus::Registry::new();
+    let gateway_metrics = GatewayMetrics::register(&registry)?;
+    let publisher_metrics = PublisherMetrics::register(&registry)?;
+    register_process_metrics(&registry)?;
+
+    let memory = Arc::new(MemoryBroker::new(config.history_size));
+    let node = Node::new(config, gateway_metrics, |hub: Arc<dyn MessageHandler>| {
+        memory.set_handler(hub);
+        memory.clone() as Arc<dyn Broker>
+    });
+    let publisher = Publisher::new(
+        PublisherConfig { publish_token: publish_token.clone(), max_body_bytes: tidings_publisher::DEFAULT_MAX_BODY_BYTES },
+        node.broker.clone(),
+        publisher_metrics,
+    );
+    let app = server::router(node.clone(), registry)
+        .merge(tidings_publisher::api_router(publisher))
+        .route("/", get(|| async { Html(include_str!("dashboard.html")) }));
+
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let claims = crate::token::claims("dev", "dev-user", DEV_TOKEN_TTL, None);
+    let token = tidings_gateway::auth::sign_hs256(&jwt_secret, &claims).context("signing the dev token")?;
+    on_ready(&DevInfo { base_url: format!("http://{host}:{}", addr.port()), jwt_secret, publish_token, token });
+
+    let stop_metrics = CancellationToken::new();
+    let metrics_task = tokio::spawn(tidings_publisher::host_metrics::run(
+        node.broker.clone(),
+        args.metrics_workspace.clone(),
+        Duration::from_millis(args.metrics_interval_ms),
+        stop_metrics.clone(),
+    ));
+    let served = server::serve(listener, app, node, shutdown).await;
+    stop_metrics.cancel();
+    let _ = metrics_task.await;
+    served.context("serving")
+}
+
+pub fn main(args: DevArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    init_logging(&args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        run(args, listener, server::shutdown_signal(), |info| {
+            // A closed stdout (piped into `head`, say) must not stop the server.
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "{}", info.banner());
+        })
+        .await
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `tidings publish`: one durable event from the shell, over the publish API.
+
+use anyhow::Context;
+use serde_json::Value;
+use tidings_protocol::Event;
+
+use crate::UsageError;
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    #[arg(long)]
+    pub workspace: String,
+    /// Event type, e.g. `deployment_update`.
+    #[arg(long = "type")]
+    pub event_type: String,
+    /// `kind:namespace/name`.
+    #[arg(long)]
+    pub entity_ref: Option<String>,
+    /// The event's `data`, as JSON.
+    #[arg(long, default_value = "{}")]
+    pub data: String,
+    /// Base URL of a publisher (or of `tidings dev`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Bearer token of the publish API.
+    #[arg(long, env = "TIDINGS_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+    /// Publish straight to Redis instead of over HTTP.
+    #[arg(long, env = "TIDINGS_REDIS_URL")]
+    pub redis_url: Option<String>,
+}
+
+/// The event the options describe, validated.
+pub fn build_event(args: &PublishArgs) -> Result<Event, UsageError> {
+    let data: Value = serde_json::from_str(&args.data).map_err(|e| UsageError(format!("--data is not JSON: {e}")))?;
+    let mut event = Event::new(args.event_type.clone(), args.workspace.clone(), data);
+    event.entity_ref = args.entity_ref.clone();
+    event.timestamp = Some(tidings_protocol::timestamp::now_rfc3339());
+    event.validate().map_err(|e| UsageError(e.to_string()))?;
+    Ok(event)
+}
+
+pub fn main(args: PublishArgs) -> anyhow::Result<()> {
+    let event = build_event(&args)?;
+    if args.redis_url.is_some() {
+        // Direct Redis publishing comes with the Redis broker (issue 3).
+        return Err(UsageError(
+            "publishing straight to Redis is not available in this build yet; unset TIDINGS_REDIS_URL to publish over HTTP".into(),
+        )
+        .into());
+    }
+    let token = args.publish_token.clone().ok_or_else(|| UsageError("TIDINGS_PUBLISH_TOKEN (or --publish-token) is required".into()))?;
+    let url = format!("{}/v1/workspaces/{}/events", args.url.trim_end_matches('/'), event.workspace_id);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime.block_on(async {
+        let response =
+            reqwest::Client::new().post(&url).bearer_auth(token).json(&event).send().await.with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::Ok((status, body))
+    })?;
+    if !status.is_success() {
+        anyhow::bail!("{url} answered {status}: {}", body["error"]["message"].as_str().unwrap_or("no message"));
+    }
+    let id = body["ids"][0].as_str().context("the answer carried no id")?;
+    println!("{id}");
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! `tidings` as a newcomer runs it: the real binary, real sockets, real signals.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Dev {
+    child: Child,
+    base: String,
+    token: String,
+    publish_token: String,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `tidings dev` on a free port and reads what it prints.
+fn start_dev(extra: &[&str]) -> Dev {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--metrics-interval-ms", "200", "--drain-secs", "1"])
+        .args(extra)
+        .env_remove("TIDINGS_JWT_SECRET")
+        .env_remove("TIDINGS_PUBLISH_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut base, mut token, mut publish_token) = (None, None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first() {
+            Some(&"Dashboard") => base = words[1].split("/#").next().map(String::from),
+            Some(&"Token") => token = Some(words[1].to_string()),
+            Some(&"Publish") => {
+                let bearer = line.split("Bearer ").nth(1).unwrap();
+                publish_token = Some(bearer.split('\'').next().unwrap().to_string());
+            }
+            _ => {}
+        }
+        if base.is_some() && token.is_some() && publish_token.is_some() {
+            break;
+        }
+    }
+    // Keep reading so the child never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Dev {
+        child,
+        base: base.expect("dashboard URL printed"),
+        token: token.expect("token printed"),
+        publish_token: publish_token.expect("curl line printed"),
+    }
+}
+
+async fn next_json(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Some(json!({"closed": frame.map(|f| u16::from(f.code))})),
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_newcomer_sees_host_metrics_and_a_curl_publish_then_sigterm_drains() {
+    let mut dev = start_dev(&[]);
+    let ws_url = format!("{}/ws?token={}", dev.base.replacen("http", "ws", 1), dev.token);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    let hello = next_json(&mut ws).await.unwrap();
+    assert_eq!((hello["type"].as_str(), hello["workspace_id"].as_str()), (Some("connected"), Some("dev")));
+
+    // Host metrics arrive by themselves.
+    let metrics = loop {
+        let e = next_json(&mut ws).await.unwrap();
+        if e["type"] == "metrics_update" {
+            break e;
+        }
+    };
+    assert!(metrics["entity_ref"].as_str().unwrap().starts_with("host:default/"));
+    assert!(metrics["data"]["metrics"]["cpu"].is_number() && metrics["data"]["metrics"]["memory"].is_number());
+    assert!(metrics["id"].is_string());
+
+    // The printed curl line's request, through the same listener.
+    let body = json!({"type":"notification","data":{"title":"Hello","message":"from curl","level":"info"}});
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/workspaces/dev/events", dev.base))
+        .bearer_auth(&dev.publish_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["ids"][0].as_str().unwrap().to_string();
+    let note = loop {
+        let e = next_json(&mut ws).await.unwrap();
+        if e["type"] == "notification" {
+            break e;
+        }
+    };
+    assert_eq!((note["id"].as_str(), &note["data"]), (Some(id.as_str()), &body["data"]));
+
+    // A wrong publish token publishes nothing and the socket stays healthy.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/workspaces/dev/events", dev.base))
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // SIGTERM: the client is closed with 1012 and the process exits 0.
+    let status = Command::new("kill").args(["-TERM", &dev.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let closed = loop {
+        let e = next_json(&mut ws).await.expect("a close frame, not a dropped socket");
+        if let Some(code) = e.get("closed") {
+            break code.clone();
+        }
+        assert_ne!(e["type"], "notification", "nothing else was published");
+    };
+    assert_eq!(closed, 1012);
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "tidings dev did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn tidings_publish_and_token_work_against_dev() {
+    let dev = start_dev(&["--jwt-secret", "known-secret"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args([
+            "publish",
+            "--workspace",
+            "dev",
+            "--type",
+            "deployment_update",
+            "--entity-ref",
+            "component:default/checkout",
+            "--url",
+            &dev.base,
+        ])
+        .args([
+            "--data",
+            r#"{"deployment":{"id":"d1","version":"v1","environment":"prod","status":"success","start_time":"2026-11-24T12:00:00Z"}}"#,
+        ])
+        .env("TIDINGS_PUBLISH_TOKEN", &dev.publish_token)
+        .env_remove("TIDINGS_REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(id.parse::<tidings_protocol::EventId>().is_ok(), "{id:?}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["token", "--workspace", "dev", "--ttl", "5m"])
+        .env("TIDINGS_JWT_SECRET", "known-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r =
+        reqwest::Client::new().get(format!("{}/v1/workspaces/dev/events?limit=1000", dev.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["events"].as_array().unwrap().iter().any(|e| e["id"] == id.as_str() && e["data"]["deployment"]["status"] == "success"));
+}
+
+#[test]
+fn bad_options_exit_2_with_one_line_before_binding() {
+    let cases: [&[&str]; 5] = [
+        &["dev", "--no-such-option"],
+        &["dev", "--history-size", "0"],
+        &["dev", "--listen", "not-an-address"],
+        &["dev", "--metrics-workspace", "bad ws", "--listen", "127.0.0.1:0"],
+        &["token", "--workspace", "w", "--ttl", "forever"],
+    ];
+    for args in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidings")).args(args).env_remove("TIDINGS_JWT_SECRET").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.lines().any(|l| l.contains("error") || l.starts_with("tidings:")), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "nothing printed as if started: {args:?}");
+    }
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tidings")).args(["token", "--workspace", "w"]).env_remove("TIDINGS_JWT_SECRET").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a missing secret is a usage error");
+}

@@ -1,0 +1,68 @@
+//! Request checks shared by every transport: token lookup, what the token
+//! grants, origin, and the list/id query parameters.
+
+use axum::http::{HeaderMap, header};
+use tidings_protocol::event::validate_workspace_id;
+use tidings_protocol::{EventId, Filter};
+
+use crate::auth::{AuthError, Claims};
+use crate::config::split_list;
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// A verified token and the workspace it was used for.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub claims: Claims,
+    pub workspace_id: String,
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Verifies `token` and checks it grants `requested` (or, without one, the
+/// token's own `workspace_id`).
+pub fn authorize(node: &Node, token: Option<&str>, requested: Option<&str>) -> Result<Access, ApiError> {
+    let claims = node.verifier.verify(token.ok_or(AuthError::Missing)?)?;
+    let workspace_id = match requested.or(claims.workspace_id.as_deref()) {
+        Some(w) => w.to_string(),
+        None => return Err(ApiError::bad_request("workspace_id is required: the token names none")),
+    };
+    validate_workspace_id(&workspace_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !claims.allows(&workspace_id) {
+        return Err(ApiError::forbidden_workspace(&workspace_id));
+    }
+    Ok(Access { claims, workspace_id })
+}
+
+/// 403 unless the browser's `Origin` is allowed. Requests without `Origin`
+/// (servers, CLIs) are not browsers and pass.
+pub fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let (Some(allowed), Some(origin)) = (&node.config.allowed_origins, headers.get(header::ORIGIN)) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            tidings_protocol::codes::error::ORIGIN_FORBIDDEN,
+            format!("origin {origin:?} is not allowed"),
+        ))
+    }
+}
+
+/// `since=` as an event id.
+pub fn parse_since(since: Option<&str>) -> Result<Option<EventId>, ApiError> {
+    since.filter(|s| !s.is_empty()).map(|s| s.parse::<EventId>().map_err(|e| ApiError::bad_request(format!("since: {e}")))).transpose()
+}
+
+/// `event_types=a,b&entity_refs=x,y` as a filter.
+pub fn parse_filter(event_types: Option<&str>, entity_refs: Option<&str>) -> Result<Filter, ApiError> {
+    Filter::from_lists(event_types.map(split_list), entity_refs.map(split_list)).map_err(|e| ApiError::bad_request(e.to_string()))
+}

@@ -1,0 +1,157 @@
+//! Gateway settings: the one place options are read (flags and `TIDINGS_*`
+//! variables through clap), turned into a plain [`GatewayConfig`] the rest of the
+//! crate and the tests build directly, without touching the process environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the gateway needs to know at run time.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The `server` name in `connected` messages.
+    pub instance_id: String,
+    /// HS256 secret for client tokens.
+    pub jwt_secret: String,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// `None` = any origin.
+    pub allowed_origins: Option<Vec<String>>,
+    pub history_size: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_message_bytes: usize,
+    /// Client messages per second per connection; bursts of twice that pass.
+    pub client_rate: u32,
+    pub heartbeat: Duration,
+    pub drain: Duration,
+    /// Events a connection may have queued before conflation and drops start.
+    pub client_queue_size: usize,
+    /// How long a workspace stays subscribed on the broker after its last local reader left.
+    pub unsubscribe_delay: Duration,
+    /// How long the first-message `auth` may take.
+    pub auth_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults of SPEC §1 with the given secret; tests adjust fields from here.
+    pub fn new(jwt_secret: impl Into<String>) -> Self {
+        Self {
+            instance_id: default_instance_id(),
+            jwt_secret: jwt_secret.into(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            allowed_origins: None,
+            history_size: 10_000,
+            max_connections: 100_000,
+            max_connections_per_user: 100,
+            max_message_bytes: 1_048_576,
+            client_rate: 20,
+            heartbeat: Duration::from_secs(25),
+            drain: Duration::from_secs(30),
+            client_queue_size: 1024,
+            unsubscribe_delay: Duration::from_secs(2),
+            auth_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `<host name>-<pid>`, the default `TIDINGS_INSTANCE_ID`.
+pub fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Splits `a,b , c` into trimmed, non-empty items.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// The gateway's client-facing options, shared by `tidings-gateway` and `tidings dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// HS256 shared secret for client tokens.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Required `iss` claim (unset = not checked).
+    #[arg(long, env = "TIDINGS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim (unset = not checked).
+    #[arg(long, env = "TIDINGS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Comma-separated `Origin`s allowed to open browser WebSockets (unset = any).
+    #[arg(long, env = "TIDINGS_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Events kept per workspace for recovery.
+    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub history_size: u64,
+    /// Connections per gateway process.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Connections per `sub`, per gateway process.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_user: u64,
+    /// Largest client frame accepted, in bytes.
+    #[arg(long, env = "TIDINGS_MAX_MESSAGE_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(64..=67_108_864))]
+    pub max_message_bytes: u64,
+    /// Client messages per second per connection (burst 2x).
+    #[arg(long, env = "TIDINGS_CLIENT_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_rate: u32,
+    /// Server ping interval in seconds; a connection silent for 2 intervals is closed.
+    #[arg(long, env = "TIDINGS_HEARTBEAT_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: u64,
+    /// Graceful shutdown: seconds given to close connections.
+    #[arg(long, env = "TIDINGS_DRAIN_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_secs: u64,
+    /// Events queued per connection before conflation, drops and finally close 4009.
+    #[arg(long, env = "TIDINGS_CLIENT_QUEUE_SIZE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub client_queue_size: u64,
+}
+
+impl GatewayArgs {
+    /// The config these options describe; `jwt_secret` must already be resolved.
+    pub fn to_config(&self, jwt_secret: String, instance_id: Option<String>) -> GatewayConfig {
+        GatewayConfig {
+            instance_id: instance_id.unwrap_or_else(default_instance_id),
+            jwt_secret,
+            jwt_issuer: self.jwt_issuer.clone(),
+            jwt_audience: self.jwt_audience.clone(),
+            allowed_origins: self.allowed_origins.as_deref().map(split_list),
+            history_size: self.history_size as usize,
+            max_connections: self.max_connections as usize,
+            max_connections_per_user: self.max_connections_per_user as usize,
+            max_message_bytes: self.max_message_bytes as usize,
+            client_rate: self.client_rate,
+            heartbeat: Duration::from_secs(self.heartbeat_secs),
+            drain: Duration::from_secs(self.drain_secs),
+            client_queue_size: self.client_queue_size as usize,
+            ..GatewayConfig::new(String::new())
+        }
+    }
+}
+
+/// Options every Tidings server process shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessArgs {
+    /// Address to bind.
+    #[arg(long, env = "TIDINGS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The `server` name this process reports (default: host name + process id).
+    #[arg(long, env = "TIDINGS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Log line format.
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Starts logging to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,166 @@
+//! The hub: this process's registry of live connections, by workspace, and the
+//! fan-out of broker messages to them. It does no I/O and never waits on a client.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use tidings_broker::MessageHandler;
+use tidings_protocol::{EventHeader, Filter};
+
+use crate::metrics::GatewayMetrics;
+use crate::outbox::{Outbox, PreparedEvent, Pushed};
+
+/// How a client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// One client connection as the hub sees it.
+#[derive(Debug)]
+pub struct Connection {
+    pub key: u64,
+    pub connection_id: String,
+    pub workspace_id: String,
+    pub user_id: String,
+    pub jti: Option<String>,
+    pub transport: Transport,
+    /// A std mutex: read on every fan-out, changed by the client's own messages.
+    pub filter: Mutex<Filter>,
+    pub outbox: Outbox,
+}
+
+impl Connection {
+    pub fn filter(&self) -> Filter {
+        self.filter.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_filter(&self, filter: Filter) {
+        *self.filter.lock().unwrap_or_else(|p| p.into_inner()) = filter;
+    }
+
+    fn wants(&self, event: &PreparedEvent) -> bool {
+        self.filter.lock().unwrap_or_else(|p| p.into_inner()).matches(&event.event_type, event.entity_ref.as_deref())
+    }
+}
+
+/// Local connections by workspace.
+#[derive(Debug)]
+pub struct Hub {
+    /// A std RwLock: fan-out reads it for a few pushes; connects and disconnects write briefly.
+    workspaces: RwLock<HashMap<String, HashMap<u64, Arc<Connection>>>>,
+    metrics: GatewayMetrics,
+}
+
+impl Hub {
+    pub fn new(metrics: GatewayMetrics) -> Self {
+        Self { workspaces: RwLock::new(HashMap::new()), metrics }
+    }
+
+    /// Adds a connection; true when it is the workspace's first.
+    pub fn insert(&self, conn: Arc<Connection>) -> bool {
+        let mut map = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        let conns = map.entry(conn.workspace_id.clone()).or_default();
+        conns.insert(conn.key, conn);
+        conns.len() == 1
+    }
+
+    /// Removes a connection; true when the workspace has no local reader left.
+    pub fn remove(&self, workspace_id: &str, key: u64) -> bool {
+        let mut map = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
+        let Some(conns) = map.get_mut(workspace_id) else { return false };
+        if conns.remove(&key).is_none() {
+            return false;
+        }
+        if conns.is_empty() {
+            map.remove(workspace_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn count(&self, workspace_id: &str) -> usize {
+        self.workspaces.read().unwrap_or_else(|p| p.into_inner()).get(workspace_id).map_or(0, HashMap::len)
+    }
+
+    /// Every local connection, for draining.
+    pub fn all(&self) -> Vec<Arc<Connection>> {
+        self.workspaces.read().unwrap_or_else(|p| p.into_inner()).values().flat_map(|c| c.values().cloned()).collect()
+    }
+
+    pub fn total(&self) -> usize {
+        self.workspaces.read().unwrap_or_else(|p| p.into_inner()).values().map(HashMap::len).sum()
+    }
+
+    /// Hands one event to every local connection of its workspace whose filter
+    /// passes it. The JSON is shared, not re-encoded, per connection.
+    pub fn fan_out(&self, workspace_id: &str, payload: Bytes) {
+        self.metrics.broker_messages.inc();
+        let Some(event) = prepare(workspace_id, payload) else {
+            self.metrics.events_dropped.with_label_values(&["invalid"]).inc();
+            return;
+        };
+        let event = Arc::new(event);
+        let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        let Some(conns) = map.get(workspace_id) else { return };
+        for conn in conns.values() {
+            if !conn.wants(&event) {
+                continue;
+            }
+            match conn.outbox.push_event(event.clone()) {
+                Pushed::Queued | Pushed::Closed => {}
+                Pushed::Conflated => self.metrics.events_conflated.with_label_values(&["slow_client"]).inc(),
+                Pushed::Dropped => self.metrics.events_dropped.with_label_values(&["slow_client"]).inc(),
+                Pushed::Condemned => {
+                    self.metrics.events_dropped.with_label_values(&["slow_client"]).inc();
+                    tracing::info!(connection_id = %conn.connection_id, "client too slow, closing 4009");
+                }
+            }
+        }
+    }
+}
+
+impl MessageHandler for Hub {
+    fn on_message(&self, workspace_id: &str, payload: Bytes) {
+        self.fan_out(workspace_id, payload);
+    }
+}
+
+/// Reads the routing fields of a broker message, refusing anything that is not
+/// an event of `workspace_id` (the channel decides the audience; the event must agree).
+pub fn prepare(workspace_id: &str, payload: Bytes) -> Option<PreparedEvent> {
+    let header: EventHeader = serde_json::from_slice(&payload).ok()?;
+    if header.workspace_id != workspace_id {
+        tracing::warn!(channel = workspace_id, event_workspace = %header.workspace_id, "event on a foreign workspace channel dropped");
+        return None;
+    }
+    tidings_protocol::event::validate_event_type(&header.event_type).ok()?;
+    let entity_ref = header.entity_ref.map(|r| r.to_lowercase());
+    let published_at = header
+        .timestamp
+        .as_deref()
+        .and_then(tidings_protocol::timestamp::parse_rfc3339)
+        .and_then(|t| u64::try_from(t.unix_timestamp_nanos()).ok())
+        .map(|nanos| UNIX_EPOCH + std::time::Duration::from_nanos(nanos));
+    let text = Utf8Bytes::try_from(payload).ok()?;
+    Some(PreparedEvent { event_type: header.event_type, entity_ref, id: header.id, published_at, text })
+}
+
+/// Seconds from `published_at` to now, if the clock allows.
+pub fn latency_since(published_at: SystemTime) -> Option<f64> {
+    SystemTime::now().duration_since(published_at).ok().map(|d| d.as_secs_f64())
+}

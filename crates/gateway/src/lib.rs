@@ -1,0 +1,23 @@
+//! The Tidings gateway: holds client connections (WebSocket, SSE, polling) and
+//! fans each event of a workspace out to the local connections that want it.
+//!
+//! Data flow: broker → [`hub::Hub::fan_out`] (encode once, filter, push to each
+//! [`outbox::Outbox`]) → the connection's writer task → socket. Entry points:
+//! [`node::Node::new`], [`server::router`], [`server::serve`].
+
+pub mod access;
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod rate;
+pub mod server;
+pub mod ws;
+
+pub use config::GatewayConfig;
+pub use node::Node;

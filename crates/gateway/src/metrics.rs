@@ -1,0 +1,92 @@
+//! The gateway's Prometheus metric families (SPEC §6).
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Registered once per process; cheap to clone handles out of.
+#[derive(Debug, Clone)]
+pub struct GatewayMetrics {
+    pub connections_open: IntGaugeVec,
+    pub connections_accepted: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub connections_closed: IntCounterVec,
+    pub messages_delivered: IntCounterVec,
+    pub events_dropped: IntCounterVec,
+    pub events_conflated: IntCounterVec,
+    pub delivery_latency: Histogram,
+    pub broker_messages: IntCounter,
+    pub broker_reconnects: IntCounter,
+    pub subscribed_workspaces: IntGauge,
+    pub client_messages: IntCounterVec,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::Result<C> {
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let counter_vec = |name: &str, help: &str, label: &str| IntCounterVec::new(Opts::new(name, help), &[label]);
+        Ok(Self {
+            connections_open: reg(
+                registry,
+                IntGaugeVec::new(Opts::new("tidings_connections_open", "Open client connections."), &["transport"])?,
+            )?,
+            connections_accepted: reg(
+                registry,
+                counter_vec("tidings_connections_accepted_total", "Client connections accepted.", "transport")?,
+            )?,
+            connections_refused: reg(
+                registry,
+                counter_vec("tidings_connections_refused_total", "Client connections refused, by reason.", "reason")?,
+            )?,
+            connections_closed: reg(
+                registry,
+                counter_vec("tidings_connections_closed_total", "Client connections closed by the gateway, by close code.", "code")?,
+            )?,
+            messages_delivered: reg(registry, counter_vec("tidings_messages_delivered_total", "Events written to clients.", "transport")?)?,
+            events_dropped: reg(registry, counter_vec("tidings_events_dropped_total", "Events not delivered, by reason.", "reason")?)?,
+            events_conflated: reg(
+                registry,
+                counter_vec(
+                    "tidings_events_conflated_total",
+                    "Queued events replaced by a newer one of the same entity, by reason.",
+                    "reason",
+                )?,
+            )?,
+            delivery_latency: reg(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("tidings_delivery_latency_seconds", "From the event timestamp to the write to the client.")
+                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                )?,
+            )?,
+            broker_messages: reg(
+                registry,
+                IntCounter::new("tidings_broker_messages_received_total", "Messages received from the broker.")?,
+            )?,
+            broker_reconnects: reg(registry, IntCounter::new("tidings_broker_reconnects_total", "Reconnections to the broker.")?)?,
+            subscribed_workspaces: reg(
+                registry,
+                IntGauge::new("tidings_subscribed_workspaces", "Workspaces this process is subscribed to.")?,
+            )?,
+            client_messages: reg(
+                registry,
+                counter_vec("tidings_client_messages_total", "Messages received from clients, by type.", "type")?,
+            )?,
+        })
+    }
+}
+
+/// Adds `tidings_process_*` CPU and memory of this process to `registry`.
+pub fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "tidings")))
+}
+
+/// The registry's families in the text exposition format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    out
+}

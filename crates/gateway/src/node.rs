@@ -1,0 +1,210 @@
+//! The node ties the hub to the broker: it admits connections (caps, draining),
+//! subscribes a workspace on the broker on its first local reader and
+//! unsubscribes it, after a re-checked delay, when the last one leaves.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tidings_broker::{Broker, BrokerError, MessageHandler};
+use tidings_protocol::Filter;
+use tidings_protocol::codes::close;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::config::GatewayConfig;
+use crate::hub::{Connection, Hub, Transport};
+use crate::metrics::GatewayMetrics;
+use crate::outbox::Outbox;
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the gateway is draining; reconnect to another instance")]
+    Draining,
+    #[error("the gateway is at its connection limit")]
+    AtCapacity,
+    #[error("too many connections for this user")]
+    UserCap,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Draining => "draining",
+            Refusal::AtCapacity => "max_connections",
+            Refusal::UserCap => "max_connections_per_user",
+        }
+    }
+}
+
+/// A connection slot, held for the connection's life; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    user: String,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// One gateway process's connection bookkeeping.
+pub struct Node {
+    pub config: GatewayConfig,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: GatewayMetrics,
+    pub verifier: Verifier,
+    /// Cancelled when graceful shutdown starts.
+    pub draining: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Serialises subscribe/unsubscribe decisions so a workspace never ends up
+    /// unsubscribed while it has a reader.
+    subscriptions: tokio::sync::Mutex<()>,
+    permits: Arc<Semaphore>,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    next_key: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("instance_id", &self.config.instance_id).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// `connect_broker` receives the hub as the handler of subscribed messages.
+    pub fn new(
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+        connect_broker: impl FnOnce(Arc<dyn MessageHandler>) -> Arc<dyn Broker>,
+    ) -> Arc<Self> {
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let broker = connect_broker(hub.clone());
+        Arc::new(Self {
+            verifier: Verifier::new(&config),
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            hub,
+            broker,
+            metrics,
+            draining: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            subscriptions: tokio::sync::Mutex::new(()),
+            per_user: Arc::new(Mutex::new(HashMap::new())),
+            next_key: AtomicU64::new(1),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Takes a connection slot for `user`, or says why not.
+    pub fn admit(&self, user: &str) -> Result<Admission, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal::Draining);
+        }
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| Refusal::AtCapacity)?;
+        let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(user.to_string()).or_insert(0);
+        if *n >= self.config.max_connections_per_user {
+            return Err(Refusal::UserCap);
+        }
+        *n += 1;
+        Ok(Admission { _permit: permit, user: user.to_string(), per_user: self.per_user.clone() })
+    }
+
+    /// A new connection object, not yet registered.
+    pub fn new_connection(
+        &self,
+        workspace_id: &str,
+        user_id: &str,
+        jti: Option<String>,
+        transport: Transport,
+        filter: Filter,
+    ) -> Arc<Connection> {
+        Arc::new(Connection {
+            key: self.next_key.fetch_add(1, Ordering::Relaxed),
+            connection_id: uuid::Uuid::new_v4().to_string(),
+            workspace_id: workspace_id.to_string(),
+            user_id: user_id.to_string(),
+            jti,
+            transport,
+            filter: std::sync::Mutex::new(filter),
+            outbox: Outbox::new(self.config.client_queue_size),
+        })
+    }
+
+    /// Puts the connection in the hub, subscribing its workspace on the broker
+    /// first if nobody here reads it yet. Live events flow once this returns.
+    pub async fn register(&self, conn: &Arc<Connection>) -> Result<(), BrokerError> {
+        let _guard = self.subscriptions.lock().await;
+        if self.hub.insert(conn.clone()) {
+            if let Err(e) = self.broker.subscribe(&conn.workspace_id).await {
+                self.hub.remove(&conn.workspace_id, conn.key);
+                return Err(e);
+            }
+            self.metrics.subscribed_workspaces.inc();
+        }
+        self.metrics.connections_open.with_label_values(&[conn.transport.label()]).inc();
+        self.metrics.connections_accepted.with_label_values(&[conn.transport.label()]).inc();
+        Ok(())
+    }
+
+    /// Takes the connection out of the hub; the workspace is unsubscribed after
+    /// `unsubscribe_delay` if no reader came back by then.
+    pub fn unregister(self: &Arc<Self>, conn: &Connection) {
+        self.metrics.connections_open.with_label_values(&[conn.transport.label()]).dec();
+        if !self.hub.remove(&conn.workspace_id, conn.key) {
+            return;
+        }
+        let node = self.clone();
+        let workspace_id = conn.workspace_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(node.config.unsubscribe_delay).await;
+            let _guard = node.subscriptions.lock().await;
+            if node.hub.count(&workspace_id) == 0 {
+                match node.broker.unsubscribe(&workspace_id).await {
+                    Ok(()) => node.metrics.subscribed_workspaces.dec(),
+                    Err(e) => tracing::warn!(workspace_id, error = %e, "unsubscribe failed"),
+                }
+            }
+        });
+    }
+
+    /// Graceful shutdown, first half: refuse new connections and close the live
+    /// ones with 1012, spread evenly over the drain period so that clients do not
+    /// all reconnect elsewhere at the same instant.
+    pub fn start_drain(self: &Arc<Self>) {
+        if self.draining.is_cancelled() {
+            return;
+        }
+        self.draining.cancel();
+        let node = self.clone();
+        tokio::spawn(async move {
+            let conns = node.hub.all();
+            let n = conns.len().max(1) as u32;
+            let step = node.config.drain / n;
+            for conn in conns {
+                conn.outbox.close(close::DRAINING, "draining");
+                if !step.is_zero() {
+                    tokio::time::sleep(step).await;
+                }
+            }
+        });
+    }
+}

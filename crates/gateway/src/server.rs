@@ -1,0 +1,100 @@
+//! The gateway's router and its serve loop with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::Registry;
+use tidings_protocol::codes::error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::{admin, http, ws};
+
+/// Time allowed, past the drain period, for the last close handshakes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Every gateway endpoint of SPEC §3.1. `registry` backs `/metrics`.
+pub fn router(node: Arc<Node>, registry: Registry) -> Router {
+    let api = Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/v1/workspaces/{id}/events", get(http::poll))
+        .route("/v1/workspaces/{id}/events/stream", get(http::sse))
+        .route("/v1/workspaces/{id}/latest", get(http::latest))
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .with_state(node);
+    let metrics = Router::new().route("/metrics", get(admin::metrics)).with_state(registry);
+    api.merge(metrics).fallback(not_found)
+}
+
+/// JSON 404 for unknown paths.
+pub async fn not_found() -> impl IntoResponse {
+    ApiError::new(StatusCode::NOT_FOUND, error::NOT_FOUND, "no such endpoint")
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains: readyz
+/// turns 503, new connections are refused, live ones are closed with 1012 over
+/// the drain period, and this returns once they are gone (or the period is over).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let stop_http = CancellationToken::new();
+    let stop = stop_http.clone();
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        result = &mut server => return result.map_err(std::io::Error::other)?,
+        _ = shutdown => {}
+    }
+    tracing::info!(connections = node.hub.total(), drain = ?node.config.drain, "draining");
+    node.start_drain();
+    node.tasks.close();
+    let all_closed = async {
+        // Polled rather than signalled: SSE streams end inside hyper, outside our task tracker.
+        while !(node.tasks.is_empty() && node.hub.total() == 0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(node.config.drain + SHUTDOWN_GRACE, all_closed).await.is_err() {
+        tracing::warn!(remaining = node.hub.total(), "drain period over; closing the rest");
+    }
+    stop_http.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => result.map_err(std::io::Error::other)?,
+        Err(_) => Ok(()),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,553 @@
+//! The WebSocket transport (SPEC §3.2–3.4): checks before the upgrade, then one
+//! task reading client messages and one writing the connection's outbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tidings_protocol::codes::{close, error};
+use tidings_protocol::messages::{encode_batch, encode_history, parse_client_message};
+use tidings_protocol::timestamp::{format_rfc3339, now_rfc3339};
+use tidings_protocol::{ClientMessage, EventId, Filter, ServerMessage};
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{Access, authorize, bearer, check_origin, parse_filter, parse_since};
+use crate::error::ApiError;
+use crate::hub::{Connection, Transport, latency_since, prepare};
+use crate::node::{Admission, Node};
+use crate::outbox::{Outgoing, PreparedEvent};
+use crate::rate::TokenBucket;
+
+/// Most events in one `batch` frame.
+const MAX_BATCH: usize = 100;
+/// Default and largest `limit` of `request_history`.
+const HISTORY_DEFAULT_LIMIT: usize = 100;
+const HISTORY_MAX_LIMIT: usize = 1000;
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Query parameters of `GET /ws`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectParams {
+    pub token: Option<String>,
+    pub workspace_id: Option<String>,
+    pub since: Option<String>,
+    pub event_types: Option<String>,
+    pub entity_refs: Option<String>,
+    pub batch: Option<String>,
+}
+
+/// What was settled before the upgrade.
+struct Setup {
+    requested_workspace: Option<String>,
+    since: Option<EventId>,
+    filter: Filter,
+    batch: bool,
+}
+
+/// `GET /ws`.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<ConnectParams>, QueryRejection>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    match prepare_upgrade(&node, query, &headers) {
+        Ok((setup, identity)) => {
+            let ws = match ws {
+                Ok(ws) => ws,
+                Err(e) => return ApiError::bad_request(format!("not a WebSocket upgrade: {e}")).into_response(),
+            };
+            let limit = node.config.max_message_bytes;
+            ws.read_buffer_size(4 * 1024)
+                .write_buffer_size(0)
+                .max_write_buffer_size(64 * 1024 * 1024)
+                .max_message_size(limit)
+                .max_frame_size(limit)
+                .on_upgrade(move |socket| {
+                    let tasks = node.tasks.clone();
+                    tasks.track_future(serve_socket(node, socket, setup, identity))
+                })
+        }
+        Err(e) => {
+            node.metrics.connections_refused.with_label_values(&[refusal_label(&e)]).inc();
+            e.into_response()
+        }
+    }
+}
+
+fn refusal_label(e: &ApiError) -> &'static str {
+    match e.status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        429 => "max_connections_per_user",
+        503 => "unavailable",
+        _ => "other",
+    }
+}
+
+fn prepare_upgrade(
+    node: &Node,
+    query: Result<Query<ConnectParams>, QueryRejection>,
+    headers: &HeaderMap,
+) -> Result<(Setup, Option<(Access, Admission)>), ApiError> {
+    if node.is_draining() {
+        return Err(ApiError::unavailable("the gateway is draining; reconnect to another instance"));
+    }
+    check_origin(node, headers)?;
+    let Query(params) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let setup = Setup {
+        since: parse_since(params.since.as_deref())?,
+        filter: parse_filter(params.event_types.as_deref(), params.entity_refs.as_deref())?,
+        batch: match params.batch.as_deref() {
+            None | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(other) => return Err(ApiError::bad_request(format!("batch must be 1 or 0, got {other:?}"))),
+        },
+        requested_workspace: params.workspace_id.clone(),
+    };
+    if let Some(w) = &setup.requested_workspace {
+        tidings_protocol::event::validate_workspace_id(w).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let token = params.token.as_deref().or_else(|| bearer(headers));
+    let Some(token) = token else {
+        // First-message authentication after the upgrade.
+        return Ok((setup, None));
+    };
+    let access = authorize(node, Some(token), setup.requested_workspace.as_deref())?;
+    let admission = node.admit(&access.claims.sub)?;
+    Ok((setup, Some((access, admission))))
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity: Option<(Access, Admission)>) {
+    let (mut sink, mut stream) = socket.split();
+    let (access, admission) = match identity {
+        Some(identity) => identity,
+        None => match first_message_auth(&node, &mut stream, setup.requested_workspace.as_deref()).await {
+            Ok(identity) => identity,
+            Err((code, reason)) => {
+                node.metrics.connections_refused.with_label_values(&["auth_message"]).inc();
+                send_close(&mut sink, code, reason).await;
+                return;
+            }
+        },
+    };
+    run_connection(node, sink, stream, setup, access, admission).await;
+}
+
+/// Waits for `{"type":"auth","token":"…"}` within the auth timeout.
+async fn first_message_auth(node: &Node, stream: &mut Stream, requested: Option<&str>) -> Result<(Access, Admission), (u16, String)> {
+    let policy = |reason: String| (close::POLICY, reason);
+    let frame = match timeout(node.config.auth_timeout, stream.next()).await {
+        Err(_) => return Err(policy("no auth message within the deadline".into())),
+        Ok(None) | Ok(Some(Err(_))) => return Err(policy("connection ended before auth".into())),
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let Message::Text(text) = frame else {
+        return Err(policy("the first message must be an auth message".into()));
+    };
+    let Ok(ClientMessage::Auth { token, .. }) = parse_client_message(&text) else {
+        return Err(policy("the first message must be an auth message".into()));
+    };
+    let access = authorize(node, Some(&token), requested).map_err(|e| policy(e.message))?;
+    let admission = node.admit(&access.claims.sub).map_err(|r| match r {
+        crate::node::Refusal::Draining => (close::DRAINING, r.to_string()),
+        _ => (close::TRY_AGAIN_LATER, r.to_string()),
+    })?;
+    Ok((access, admission))
+}
+
+async fn send_close(sink: &mut Sink, code: u16, reason: impl Into<Utf8Bytes>) {
+    let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    let _ = timeout(CLOSE_GRACE, sink.send(frame)).await;
+}
+
+fn expires_at(exp: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(exp.min(253_402_300_799) as i64).map(format_rfc3339).unwrap_or_default()
+}
+
+/// Events of `page` that `keep` selects, prepared for sending.
+fn replayable(workspace_id: &str, page: &tidings_broker::HistoryPage, keep: impl Fn(&PreparedEvent) -> bool) -> Vec<Arc<PreparedEvent>> {
+    page.events.iter().filter_map(|e| prepare(workspace_id, e.json.clone())).filter(|e| keep(e)).map(Arc::new).collect()
+}
+
+async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: Setup, access: Access, admission: Admission) {
+    let _admission = admission;
+    let workspace_id = access.workspace_id.clone();
+    let conn =
+        node.new_connection(&workspace_id, &access.claims.sub, access.claims.jti.clone(), Transport::WebSocket, setup.filter.clone());
+
+    // Register first (live events are held), then read history, so that nothing
+    // published in between is missed; the outbox drops ids already replayed.
+    conn.outbox.hold();
+    if let Err(e) = node.register(&conn).await {
+        tracing::warn!(error = %e, "broker subscribe failed; refusing connection");
+        let mut sink = sink;
+        send_close(&mut sink, close::TRY_AGAIN_LATER, "broker unavailable").await;
+        return;
+    }
+    let mut recovered = None;
+    let mut replay = Vec::new();
+    if let Some(since) = setup.since {
+        match node.broker.history(&workspace_id, Some(since), node.config.history_size).await {
+            Ok(page) => {
+                recovered = Some(page.recovered);
+                replay = replayable(&workspace_id, &page, |e| setup.filter.matches(&e.event_type, e.entity_ref.as_deref()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "history read failed during recovery");
+                recovered = Some(false);
+            }
+        }
+    }
+    let connected = ServerMessage::Connected {
+        connection_id: conn.connection_id.clone(),
+        workspace_id: workspace_id.clone(),
+        user_id: access.claims.sub.clone(),
+        server: node.config.instance_id.clone(),
+        heartbeat_ms: node.config.heartbeat.as_millis() as u64,
+        expires_at: expires_at(access.claims.exp),
+        recovered,
+    };
+    conn.outbox.push_control(connected.to_json());
+    conn.outbox.release(replay);
+    if node.is_draining() {
+        conn.outbox.close(close::DRAINING, "draining");
+    }
+
+    let done = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, setup.batch, done.clone()));
+    let mut session = Session {
+        node: node.clone(),
+        conn: conn.clone(),
+        claims: access.claims,
+        limiter: TokenBucket::new(node.config.client_rate),
+        rate_strikes: 0,
+        refreshed_exp: None,
+    };
+    read_loop(&mut session, &mut stream, &done).await;
+
+    // Let the writer finish a close handshake it started, then let the peer
+    // answer it, so the close code reaches the client before the TCP close.
+    if timeout(CLOSE_GRACE, done.cancelled()).await.is_ok() {
+        let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+    }
+    done.cancel();
+    let _ = writer.await;
+    node.unregister(&conn);
+}
+
+/// The reader's per-connection state.
+struct Session {
+    node: Arc<Node>,
+    conn: Arc<Connection>,
+    claims: crate::auth::Claims,
+    limiter: TokenBucket,
+    rate_strikes: u32,
+    /// Set by a successful `auth` refresh: the new `exp` to arm.
+    refreshed_exp: Option<u64>,
+}
+
+async fn read_loop(session: &mut Session, stream: &mut Stream, done: &CancellationToken) {
+    let heartbeat = session.node.config.heartbeat;
+    let mut last_seen = Instant::now();
+    let mut liveness = tokio::time::interval(heartbeat / 2);
+    let expiry = sleep(until_unix(session.claims.exp));
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = &mut expiry => {
+                session.conn.outbox.close(close::TOKEN_EXPIRED, "token expired");
+                return;
+            }
+            _ = liveness.tick() => {
+                if last_seen.elapsed() > heartbeat * 2 {
+                    tracing::debug!(connection_id = %session.conn.connection_id, "no sign of life for two heartbeats; dropping");
+                    done.cancel();
+                    return;
+                }
+            }
+            frame = stream.next() => {
+                last_seen = Instant::now();
+                match frame {
+                    None => { done.cancel(); return; }
+                    Some(Err(e)) => {
+                        if is_too_big(&e) {
+                            session.conn.outbox.close(close::MESSAGE_TOO_BIG, "message too big");
+                        } else {
+                            done.cancel();
+                        }
+                        return;
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        match session.admit_message() {
+                            Admit::Handle => {}
+                            Admit::Skip => continue,
+                            Admit::Closing => return,
+                        }
+                        session.handle_text(&text).await;
+                        if let Some(new_exp) = session.refreshed_exp.take() {
+                            expiry.as_mut().reset(Instant::now() + until_unix(new_exp));
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        match session.admit_message() {
+                            Admit::Handle => {}
+                            Admit::Skip => continue,
+                            Admit::Closing => return,
+                        }
+                        session.node.metrics.client_messages.with_label_values(&["binary"]).inc();
+                        session.reply(ServerMessage::error(error::UNSUPPORTED, "binary frames are not supported; send JSON text", None));
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        session.conn.outbox.close_after_queued(close::NORMAL, "");
+                        return;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+        }
+    }
+}
+
+fn until_unix(exp: u64) -> Duration {
+    Duration::from_secs(exp.saturating_sub(crate::auth::unix_now()))
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(tungstenite_error) = s.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return matches!(tungstenite_error, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        }
+        source = s.source();
+    }
+    e.to_string().contains("too long") || e.to_string().contains("Space limit exceeded")
+}
+
+enum Admit {
+    Handle,
+    Skip,
+    Closing,
+}
+
+/// Consecutive rate-limited messages after which the connection is closed 4008.
+const RATE_STRIKES_BEFORE_CLOSE: u32 = 10;
+
+impl Session {
+    fn reply(&self, message: ServerMessage) {
+        self.conn.outbox.push_control(message.to_json());
+    }
+
+    /// Applies the message rate: a message over it is answered `rate_limited`
+    /// and not processed; too many in a row close the connection with 4008.
+    fn admit_message(&mut self) -> Admit {
+        if self.limiter.try_take() {
+            self.rate_strikes = 0;
+            return Admit::Handle;
+        }
+        self.rate_strikes += 1;
+        self.node.metrics.client_messages.with_label_values(&["rate_limited"]).inc();
+        if self.rate_strikes > RATE_STRIKES_BEFORE_CLOSE {
+            self.conn.outbox.close_after_queued(close::RATE_LIMITED, "too many messages");
+            return Admit::Closing;
+        }
+        self.reply(ServerMessage::error(
+            error::RATE_LIMITED,
+            format!("more than {} messages per second", self.node.config.client_rate),
+            None,
+        ));
+        Admit::Skip
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let message = match parse_client_message(text) {
+            Ok(m) => m,
+            Err(e) => {
+                let label = if e.code == error::UNKNOWN_TYPE { "unknown" } else { "invalid" };
+                self.node.metrics.client_messages.with_label_values(&[label]).inc();
+                self.reply(ServerMessage::error(e.code, e.message, e.id));
+                return;
+            }
+        };
+        self.node.metrics.client_messages.with_label_values(&[message.type_name()]).inc();
+        let conn = self.conn.clone();
+        match message {
+            ClientMessage::Subscribe { id, event_types, entity_refs, since } => {
+                let old = conn.filter();
+                let mut filter = old.clone();
+                if let Err(e) = filter.subscribe(event_types, entity_refs) {
+                    return self.reply(ServerMessage::error(error::INVALID_MESSAGE, e.to_string(), id));
+                }
+                let Some(since) = since else {
+                    conn.set_filter(filter.clone());
+                    return self.reply(ServerMessage::Subscribed { id, filter, recovered: None });
+                };
+                // Live events of the new filter wait while the missed ones are read.
+                conn.outbox.hold();
+                conn.set_filter(filter.clone());
+                let last_sent = conn.outbox.last_sent();
+                let (replay, recovered) =
+                    match self.node.broker.history(&conn.workspace_id, Some(since), self.node.config.history_size).await {
+                        Ok(page) => {
+                            // Skip what this connection already received under its old filter.
+                            let replay = replayable(&conn.workspace_id, &page, |e| {
+                                let matches_new = filter.matches(&e.event_type, e.entity_ref.as_deref());
+                                let already_sent = e.id.is_some_and(|id| last_sent.is_some_and(|last| id <= last))
+                                    && old.matches(&e.event_type, e.entity_ref.as_deref());
+                                matches_new && !already_sent
+                            });
+                            (replay, page.recovered)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "history read failed for subscribe since");
+                            (Vec::new(), false)
+                        }
+                    };
+                self.reply(ServerMessage::Subscribed { id, filter, recovered: Some(recovered) });
+                conn.outbox.release(replay);
+            }
+            ClientMessage::Unsubscribe { id, event_types, entity_refs } => {
+                let mut filter = conn.filter();
+                match filter.unsubscribe(event_types, entity_refs) {
+                    Ok(()) => {
+                        conn.set_filter(filter.clone());
+                        self.reply(ServerMessage::Unsubscribed { id, filter });
+                    }
+                    Err(e) => self.reply(ServerMessage::error(error::INVALID_MESSAGE, e.to_string(), id)),
+                }
+            }
+            ClientMessage::UpdateFilter { id, event_types, entity_refs } => {
+                let mut filter = conn.filter();
+                match filter.replace(event_types, entity_refs) {
+                    Ok(()) => {
+                        conn.set_filter(filter.clone());
+                        self.reply(ServerMessage::FilterUpdated { id, filter });
+                    }
+                    Err(e) => self.reply(ServerMessage::error(error::INVALID_MESSAGE, e.to_string(), id)),
+                }
+            }
+            ClientMessage::Ping { id } => self.reply(ServerMessage::Pong { id, timestamp: now_rfc3339() }),
+            ClientMessage::RequestMetrics { id, entity_refs } => {
+                let wanted: Option<Vec<String>> = entity_refs.map(|r| r.iter().map(|r| r.to_lowercase()).collect());
+                match self.node.broker.latest(&conn.workspace_id).await {
+                    Ok(latest) => {
+                        let mut data = Map::new();
+                        for entry in latest.into_iter().filter(|l| l.event_type == "metrics_update") {
+                            if wanted.as_ref().is_some_and(|w| !w.contains(&entry.entity_ref)) {
+                                continue;
+                            }
+                            if let Ok(event) = serde_json::from_slice::<Value>(&entry.json) {
+                                data.insert(entry.entity_ref, event);
+                            }
+                        }
+                        self.reply(ServerMessage::Metrics { id, data });
+                    }
+                    Err(e) => self.reply(ServerMessage::error(error::UNAVAILABLE, e.to_string(), id)),
+                }
+            }
+            ClientMessage::RequestHistory { id, since, limit, event_types } => {
+                let limit = limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
+                match self.node.broker.history(&conn.workspace_id, since, limit).await {
+                    Ok(page) => {
+                        let events = page
+                            .events
+                            .iter()
+                            .filter_map(|e| prepare(&conn.workspace_id, e.json.clone()))
+                            .filter(|e| event_types.as_ref().is_none_or(|types| types.contains(&e.event_type)));
+                        let events: Vec<PreparedEvent> = events.collect();
+                        let text = encode_history(id.as_ref(), events.iter().map(|e| e.text.as_str()), page.recovered);
+                        self.conn.outbox.push_control(text);
+                    }
+                    Err(e) => self.reply(ServerMessage::error(error::UNAVAILABLE, e.to_string(), id)),
+                }
+            }
+            ClientMessage::Auth { id, token } => match self.node.verifier.verify(&token) {
+                Ok(claims) if claims.sub == self.claims.sub && claims.allows(&conn.workspace_id) => {
+                    self.refreshed_exp = Some(claims.exp);
+                    let expires_at = expires_at(claims.exp);
+                    self.claims = claims;
+                    self.reply(ServerMessage::Authenticated { id, expires_at });
+                }
+                Ok(_) => self.reply(ServerMessage::error(
+                    error::WORKSPACE_FORBIDDEN,
+                    "the new token must have the same sub and grant this connection's workspace",
+                    id,
+                )),
+                Err(e) => self.reply(ServerMessage::error(e.code(), e.to_string(), id)),
+            },
+        }
+    }
+}
+
+async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batch: bool, done: CancellationToken) {
+    let heartbeat = node.config.heartbeat;
+    let send_deadline = heartbeat * 2;
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    let transport = conn.transport.label();
+    let mut batch_events = Vec::new();
+    loop {
+        let item = tokio::select! {
+            _ = done.cancelled() => break,
+            _ = ping.tick() => {
+                if !matches!(timeout(send_deadline, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) { break; }
+                continue;
+            }
+            item = conn.outbox.pop() => item,
+        };
+        let (message, delivered) = match item {
+            Outgoing::Event(event) if batch => {
+                batch_events.clear();
+                batch_events.push(event);
+                conn.outbox.pop_more_events(MAX_BATCH, &mut batch_events);
+                let text = encode_batch(batch_events.iter().map(|e| e.text.as_str()));
+                (Message::Text(text.into()), batch_events.len())
+            }
+            Outgoing::Event(event) => {
+                batch_events.clear();
+                let text = event.text.clone();
+                batch_events.push(event);
+                (Message::Text(text), 1)
+            }
+            Outgoing::Control(text) => (Message::Text(text), 0),
+            Outgoing::Lagged(dropped) => (Message::Text(ServerMessage::Lagged { dropped }.to_json().into()), 0),
+            Outgoing::Close(code, reason) => {
+                node.metrics.connections_closed.with_label_values(&[&code.to_string()]).inc();
+                let dropped = conn.outbox.dropped_pending();
+                if code == close::TOO_SLOW && dropped > 0 {
+                    // What it lost, for a client that reads again before the close.
+                    let _ = timeout(CLOSE_GRACE, sink.send(Message::Text(ServerMessage::Lagged { dropped }.to_json().into()))).await;
+                }
+                send_close(&mut sink, code, reason).await;
+                break;
+            }
+        };
+        if !matches!(timeout(send_deadline, sink.send(message)).await, Ok(Ok(()))) {
+            break;
+        }
+        if delivered > 0 {
+            node.metrics.messages_delivered.with_label_values(&[transport]).inc_by(delivered as u64);
+            for event in &batch_events {
+                if let Some(seconds) = event.published_at.and_then(latency_since) {
+                    node.metrics.delivery_latency.observe(seconds);
+                }
+            }
+        }
+    }
+    done.cancel();
+}

@@ -1,0 +1,163 @@
+//! Host metrics (sysinfo): cpu %, memory %, storage per mount, process count and
+//! bytes per second per network interface, published as `metrics_update` for
+//! `host:default/<hostname>` every interval.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sysinfo::{Disks, Networks, ProcessesToUpdate, System};
+use tidings_broker::Broker;
+use tidings_protocol::Event;
+use tidings_protocol::payloads::{HostNetwork, HostStorage, Metrics, MetricsUpdate};
+use tokio_util::sync::CancellationToken;
+
+/// Keeps the sysinfo handles between samples (CPU usage and network rates are
+/// differences between two refreshes).
+pub struct HostSampler {
+    system: System,
+    disks: Disks,
+    networks: Networks,
+    last: Instant,
+    hostname: String,
+}
+
+impl std::fmt::Debug for HostSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSampler").field("hostname", &self.hostname).finish_non_exhaustive()
+    }
+}
+
+/// Why host metrics cannot be read here.
+#[derive(Debug, thiserror::Error)]
+#[error("host metrics unavailable: {0}")]
+pub struct SamplerError(String);
+
+impl HostSampler {
+    pub fn new() -> Result<Self, SamplerError> {
+        let err = |e: sysinfo::Error| SamplerError(e.to_string());
+        let mut system = System::new().map_err(err)?;
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        let hostname = System::host_name().ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into());
+        Ok(Self {
+            system,
+            disks: Disks::new_with_refreshed_list().map_err(err)?,
+            networks: Networks::new_with_refreshed_list().map_err(err)?,
+            last: Instant::now(),
+            hostname,
+        })
+    }
+
+    /// `host:default/<hostname>`, lower-cased as entity refs are stored.
+    pub fn entity_ref(&self) -> String {
+        format!("host:default/{}", self.hostname.to_lowercase())
+    }
+
+    /// Reads every figure, rates over the time since the previous sample.
+    pub fn sample(&mut self) -> MetricsUpdate {
+        let elapsed = self.last.elapsed().as_secs_f64().max(0.001);
+        self.last = Instant::now();
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        let processes = self.system.refresh_processes(ProcessesToUpdate::All, true) as u64;
+        self.disks.refresh(true);
+        self.networks.refresh(true);
+
+        let total = self.system.total_memory().max(1) as f64;
+        let memory = 100.0 * self.system.used_memory() as f64 / total;
+        let storage: Vec<HostStorage> = self
+            .disks
+            .iter()
+            .filter(|d| d.total_space() > 0)
+            .map(|d| {
+                let total = d.total_space();
+                let used = total.saturating_sub(d.available_space());
+                HostStorage {
+                    mount: d.mount_point().to_string_lossy().into_owned(),
+                    total_bytes: total,
+                    used_bytes: used,
+                    used_percent: round2(100.0 * used as f64 / total as f64),
+                }
+            })
+            .collect();
+        let mut network: Vec<HostNetwork> = self
+            .networks
+            .iter()
+            .map(|(name, data)| HostNetwork {
+                interface: name.to_string_lossy().into_owned(),
+                rx_bytes_per_sec: round2(data.received() as f64 / elapsed),
+                tx_bytes_per_sec: round2(data.transmitted() as f64 / elapsed),
+            })
+            .collect();
+        network.sort_by(|a, b| a.interface.cmp(&b.interface));
+        MetricsUpdate {
+            metrics: Metrics {
+                cpu: round2(f64::from(self.system.global_cpu_usage())),
+                memory: round2(memory),
+                requests: None,
+                errors: None,
+                response_time: None,
+                storage: serde_json::to_value(storage).ok(),
+                processes: Some(processes),
+                network: serde_json::to_value(network).ok(),
+            },
+        }
+    }
+
+    /// One `metrics_update` event for `workspace_id`.
+    pub fn event(&mut self, workspace_id: &str) -> Event {
+        let data = serde_json::to_value(self.sample()).unwrap_or_default();
+        let mut event = Event::new("metrics_update", workspace_id, data);
+        event.entity_ref = Some(self.entity_ref());
+        event.timestamp = Some(tidings_protocol::timestamp::now_rfc3339());
+        event
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    if x.is_finite() { (x * 100.0).round() / 100.0 } else { 0.0 }
+}
+
+/// Publishes host metrics to `workspace_id` every `interval` until `stop`.
+pub async fn run(broker: Arc<dyn Broker>, workspace_id: String, interval: Duration, stop: CancellationToken) {
+    let mut sampler = match HostSampler::new() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "host metrics disabled");
+            return;
+        }
+    };
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first sample needs a previous CPU reading
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let event = sampler.event(&workspace_id);
+        if let Err(e) = broker.publish(event).await {
+            tracing::warn!(error = %e, "publishing host metrics failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_a_valid_metrics_update_of_this_host() {
+        let mut sampler = HostSampler::new().unwrap();
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+        let mut event = sampler.event("dev");
+        event.validate().unwrap();
+        let m = &event.data["metrics"];
+        assert!((0.0..=100.0).contains(&m["cpu"].as_f64().unwrap()));
+        assert!(m["memory"].as_f64().unwrap() > 0.0, "a running machine uses some memory");
+        assert!(m["processes"].as_u64().unwrap() > 0, "at least this test runs");
+        assert!(m["storage"].as_array().unwrap().iter().any(|d| d["total_bytes"].as_u64().unwrap() > 0));
+        assert!(m["network"].as_array().unwrap().iter().any(|n| n["interface"] == "lo"), "loopback is always there on Linux");
+        assert!(event.entity_ref.unwrap().starts_with("host:default/"));
+    }
+}

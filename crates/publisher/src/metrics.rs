@@ -1,0 +1,26 @@
+//! The publisher's Prometheus metric families (SPEC §6).
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct PublisherMetrics {
+    pub events_published: IntCounterVec,
+    pub publish_latency: Histogram,
+    pub publish_requests: IntCounterVec,
+}
+
+impl PublisherMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let events_published = IntCounterVec::new(Opts::new("tidings_events_published_total", "Events published, by type."), &["type"])?;
+        let publish_latency = Histogram::with_opts(
+            HistogramOpts::new("tidings_publish_duration_seconds", "Time to store and publish one event on the broker.")
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )?;
+        let publish_requests =
+            IntCounterVec::new(Opts::new("tidings_publish_requests_total", "HTTP publish requests, by result."), &["result"])?;
+        registry.register(Box::new(events_published.clone()))?;
+        registry.register(Box::new(publish_latency.clone()))?;
+        registry.register(Box::new(publish_requests.clone()))?;
+        Ok(Self { events_published, publish_latency, publish_requests })
+    }
+}
