@@ -1,7 +1,5 @@
 //! `tidings`: the developer command. Parses options and hands over to the library.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    tidings_cli::main(tidings_cli::Cli::parse())
+    tidings_cli::main(tidings_gateway::config::parse_args_or_exit("tidings"))
 }

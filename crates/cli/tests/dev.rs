@@ -201,7 +201,8 @@ fn bad_options_exit_2_with_one_line_before_binding() {
         let out = Command::new(env!("CARGO_BIN_EXE_tidings")).args(args).env_remove("TIDINGS_JWT_SECRET").output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.lines().any(|l| l.contains("error") || l.starts_with("tidings:")), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line, got {stderr}");
+        assert!(stderr.starts_with("tidings: "), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "nothing printed as if started: {args:?}");
     }
     let out =

@@ -66,3 +66,11 @@ pub fn parse_since(since: Option<&str>) -> Result<Option<EventId>, ApiError> {
 pub fn parse_filter(event_types: Option<&str>, entity_refs: Option<&str>) -> Result<Filter, ApiError> {
     Filter::from_lists(event_types.map(split_list), entity_refs.map(split_list)).map_err(|e| ApiError::bad_request(e.to_string()))
 }
+
+/// A token's `exp` as the RFC 3339 `expires_at` of `connected` and `authenticated`.
+pub fn expires_at(exp: u64) -> String {
+    // Clamp to year 9999 so an absurd `exp` still formats.
+    time::OffsetDateTime::from_unix_timestamp(exp.min(253_402_300_799) as i64)
+        .map(tidings_protocol::timestamp::format_rfc3339)
+        .unwrap_or_default()
+}

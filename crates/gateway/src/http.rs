@@ -130,7 +130,7 @@ pub async fn sse(
         user_id: access.claims.sub.clone(),
         server: node.config.instance_id.clone(),
         heartbeat_ms: node.config.heartbeat.as_millis() as u64,
-        expires_at: String::new(),
+        expires_at: crate::access::expires_at(access.claims.exp),
         recovered,
     };
     conn.outbox.push_control(connected.to_json());

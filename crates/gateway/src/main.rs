@@ -1,7 +1,7 @@
 //! `tidings-gateway`: options → logging → Redis broker → serve until SIGTERM.
 
 use clap::Parser;
-use tidings_gateway::config::{GatewayArgs, ProcessArgs, init_logging};
+use tidings_gateway::config::{GatewayArgs, ProcessArgs, init_logging, parse_args_or_exit};
 
 /// Holds client connections for a scaled-out Tidings deployment.
 #[derive(Debug, Parser)]
@@ -20,7 +20,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = parse_args_or_exit("tidings-gateway");
     init_logging(&args.process.log_format);
     if args.redis_url.is_none() {
         eprintln!("tidings-gateway: TIDINGS_REDIS_URL is required (for a single process without Redis, run `tidings dev`)");

@@ -15,12 +15,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tidings_protocol::codes::{close, error};
 use tidings_protocol::messages::{encode_batch, encode_history, parse_client_message};
-use tidings_protocol::timestamp::{format_rfc3339, now_rfc3339};
+use tidings_protocol::timestamp::now_rfc3339;
 use tidings_protocol::{ClientMessage, EventId, Filter, ServerMessage};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Access, authorize, bearer, check_origin, parse_filter, parse_since};
+use crate::access::{Access, authorize, bearer, check_origin, expires_at, parse_filter, parse_since};
 use crate::error::ApiError;
 use crate::hub::{Connection, Transport, latency_since, prepare};
 use crate::node::{Admission, Node};
@@ -173,10 +173,6 @@ async fn first_message_auth(node: &Node, stream: &mut Stream, requested: Option<
 async fn send_close(sink: &mut Sink, code: u16, reason: impl Into<Utf8Bytes>) {
     let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
     let _ = timeout(CLOSE_GRACE, sink.send(frame)).await;
-}
-
-fn expires_at(exp: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(exp.min(253_402_300_799) as i64).map(format_rfc3339).unwrap_or_default()
 }
 
 /// Events of `page` that `keep` selects, prepared for sending.

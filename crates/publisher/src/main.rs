@@ -20,7 +20,18 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            e.exit();
+        }
+        // One line and exit 2, before binding anything (SPEC §1).
+        eprintln!(
+            "tidings-publisher: {} (see --help)",
+            e.to_string().lines().next().unwrap_or("invalid options").trim_start_matches("error: ")
+        );
+        std::process::exit(2);
+    });
     if args.redis_url.is_none() {
         eprintln!("tidings-publisher: TIDINGS_REDIS_URL is required (for a single process without Redis, run `tidings dev`)");
         std::process::exit(2);

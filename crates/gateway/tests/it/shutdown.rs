@@ -21,3 +21,47 @@ async fn shutdown_closes_every_connection_with_1012_and_returns() {
     }
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_server_pings_and_a_peer_that_answers_stays_connected() {
+    use tokio_tungstenite::tungstenite::Message;
+    let gw = TestGateway::start_with(|c| c.heartbeat = std::time::Duration::from_secs(1)).await;
+    let mut c = gw.client("acme", "").await;
+    // Reading lets tungstenite answer each ping; three pings span more than the
+    // two silent intervals after which a dead peer would be dropped.
+    let mut pings = 0;
+    while pings < 3 {
+        let frame = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut c.ws)).await.expect("a frame").expect("open").unwrap();
+        if let Message::Ping(_) = frame {
+            pings += 1;
+        }
+    }
+    c.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_is_dropped_after_two_heartbeats() {
+    let gw = TestGateway::start_with(|c| c.heartbeat = std::time::Duration::from_secs(1)).await;
+    let silent = gw.client("acme", "").await; // never read again, so never pongs
+    let mut healthy = gw.client("other", "").await;
+    gw.wait_for_connections(2).await;
+    // The healthy client keeps reading (and so answering pings) meanwhile.
+    let reader = tokio::spawn(async move {
+        use tokio_tungstenite::tungstenite::Message;
+        let mut pings = 0;
+        while pings < 4 {
+            let frame =
+                tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut healthy.ws)).await.expect("a frame").expect("open").unwrap();
+            if let Message::Ping(_) = frame {
+                pings += 1;
+            }
+        }
+        healthy
+    });
+    let node = gw.node.clone();
+    wait_until(move || node.hub.count("acme") == 0).await;
+    let mut healthy = reader.await.unwrap();
+    healthy.assert_alive().await;
+    assert_eq!(gw.node.hub.count("other"), 1);
+    drop(silent);
+}
