@@ -209,3 +209,33 @@ fn bad_options_exit_2_with_one_line_before_binding() {
         Command::new(env!("CARGO_BIN_EXE_tidings")).args(["token", "--workspace", "w"]).env_remove("TIDINGS_JWT_SECRET").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a missing secret is a usage error");
 }
+
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    let dev = start_dev(&[]);
+    // Touch the families that only appear once used.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/workspaces/dev/events", dev.base))
+        .bearer_auth(&dev.publish_token)
+        .json(&json!({"type": "probe"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let text = reqwest::get(format!("{}/metrics", dev.base)).await.unwrap().text().await.unwrap();
+    for family in ["tidings_events_published_total", "tidings_process_resident_memory_bytes", "tidings_connections_open"] {
+        assert!(text.contains(family), "{family} missing");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (package prometheus; scripts/test installs it)");
+    use std::io::Write;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
+}

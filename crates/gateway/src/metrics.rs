@@ -20,7 +20,26 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
+    /// Registers every family, with the common label values at zero so that
+    /// dashboards and alerts see the series before the first event.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self::register_families(registry)?;
+        for transport in ["websocket", "sse"] {
+            metrics.connections_open.with_label_values(&[transport]);
+            metrics.connections_accepted.with_label_values(&[transport]);
+            metrics.messages_delivered.with_label_values(&[transport]);
+        }
+        for reason in ["bad_request", "unauthorized", "forbidden", "max_connections_per_user", "unavailable", "auth_message"] {
+            metrics.connections_refused.with_label_values(&[reason]);
+        }
+        for reason in ["slow_client", "invalid"] {
+            metrics.events_dropped.with_label_values(&[reason]);
+        }
+        metrics.events_conflated.with_label_values(&["slow_client"]);
+        Ok(metrics)
+    }
+
+    fn register_families(registry: &Registry) -> prometheus::Result<Self> {
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::Result<C> {
             r.register(Box::new(c.clone()))?;
             Ok(c)
