@@ -4,15 +4,17 @@
 //! The gateway subscribes to a workspace while it has local readers and receives
 //! its messages through a [`MessageHandler`]; publishers append durable events
 //! (which get their id here) or send live-only ones. [`MemoryBroker`] serves
-//! `tidings dev` and unit tests; the Redis implementation follows SPEC §4.
+//! `tidings dev` and unit tests; [`RedisBroker`] is the SPEC §4 layout.
 
 mod memory;
+pub mod redis;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tidings_protocol::{Event, EventId};
 
 pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisConfig};
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,9 @@ pub enum BrokerError {
     /// The store answered something this process cannot use.
     #[error("broker protocol error: {0}")]
     Protocol(String),
+    /// The broker settings are unusable (e.g. a malformed Redis URL).
+    #[error("broker configuration: {0}")]
+    Config(String),
 }
 
 /// Receives every message of the workspaces this process subscribed to.
@@ -32,6 +37,10 @@ pub enum BrokerError {
 pub trait MessageHandler: Send + Sync + 'static {
     /// `payload` is the event JSON exactly as published on `workspace:<id>`.
     fn on_message(&self, workspace_id: &str, payload: Bytes);
+
+    /// The broker lost its connection and is back (after re-subscribing and
+    /// replaying what it missed).
+    fn on_reconnect(&self) {}
 }
 
 /// A durable event as stored in history.

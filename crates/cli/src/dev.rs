@@ -10,9 +10,10 @@ use anyhow::Context;
 use axum::response::Html;
 use axum::routing::get;
 use tidings_broker::{Broker, MemoryBroker, MessageHandler};
-use tidings_gateway::config::{GatewayArgs, init_logging};
+use tidings_gateway::config::GatewayArgs;
 use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
 use tidings_gateway::{Node, server};
+use tidings_process::{init_logging, shutdown_signal};
 use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -103,8 +104,8 @@ pub async fn run(
     let memory = Arc::new(MemoryBroker::new(config.history_size));
     let node = Node::new(config, gateway_metrics, |hub: Arc<dyn MessageHandler>| {
         memory.set_handler(hub);
-        memory.clone() as Arc<dyn Broker>
-    });
+        Ok(memory.clone() as Arc<dyn Broker>)
+    })?;
     let publisher = Publisher::new(
         PublisherConfig { publish_token: publish_token.clone(), max_body_bytes: tidings_publisher::DEFAULT_MAX_BODY_BYTES },
         node.broker.clone(),
@@ -139,7 +140,7 @@ pub fn main(args: DevArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-        run(args, listener, server::shutdown_signal(), |info| {
+        run(args, listener, shutdown_signal(), |info| {
             // A closed stdout (piped into `head`, say) must not stop the server.
             use std::io::Write;
             let _ = writeln!(std::io::stdout(), "{}", info.banner());

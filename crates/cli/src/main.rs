@@ -1,5 +1,5 @@
 //! `tidings`: the developer command. Parses options and hands over to the library.
 
 fn main() -> std::process::ExitCode {
-    tidings_cli::main(tidings_gateway::config::parse_args_or_exit("tidings"))
+    tidings_cli::main(tidings_process::parse_args_or_exit("tidings"))
 }

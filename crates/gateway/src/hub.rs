@@ -138,6 +138,10 @@ impl MessageHandler for Hub {
     fn on_message(&self, workspace_id: &str, payload: Bytes) {
         self.fan_out(workspace_id, payload);
     }
+
+    fn on_reconnect(&self) {
+        self.metrics.broker_reconnects.inc();
+    }
 }
 
 /// Reads the routing fields of a broker message, refusing anything that is not

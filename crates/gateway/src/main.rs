@@ -1,7 +1,15 @@
 //! `tidings-gateway`: options → logging → Redis broker → serve until SIGTERM.
 
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
 use clap::Parser;
-use tidings_gateway::config::{GatewayArgs, ProcessArgs, init_logging, parse_args_or_exit};
+use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
+use tidings_gateway::config::{GatewayArgs, ProcessArgs};
+use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
+use tidings_gateway::{Node, server};
+use tidings_process::{init_logging, parse_args_or_exit, shutdown_signal};
 
 /// Holds client connections for a scaled-out Tidings deployment.
 #[derive(Debug, Parser)]
@@ -19,15 +27,57 @@ struct Args {
     gateway: GatewayArgs,
 }
 
-fn main() {
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("tidings-gateway: {message}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
     let args: Args = parse_args_or_exit("tidings-gateway");
-    init_logging(&args.process.log_format);
-    if args.redis_url.is_none() {
-        eprintln!("tidings-gateway: TIDINGS_REDIS_URL is required (for a single process without Redis, run `tidings dev`)");
-        std::process::exit(2);
+    let Some(redis_url) = args.redis_url.clone() else {
+        return usage_error("TIDINGS_REDIS_URL is required (for one process without Redis, run `tidings dev`)");
+    };
+    let Some(jwt_secret) = args.gateway.jwt_secret.clone() else {
+        return usage_error("TIDINGS_JWT_SECRET is required");
+    };
+    if args.redis_cluster {
+        return usage_error("TIDINGS_REDIS_CLUSTER=true is not supported by this build yet");
     }
-    // The Redis broker is the next milestone (issue 3); until then the only
-    // runnable gateway is the one inside `tidings dev`.
-    eprintln!("tidings-gateway: the Redis broker is not available in this build yet; run `tidings dev`");
-    std::process::exit(2);
+    if let Err(e) = redis::Client::open(redis_url.as_str()) {
+        return usage_error(&format!("TIDINGS_REDIS_URL: {e}"));
+    }
+    init_logging(&args.process.log_format);
+    let listen: SocketAddr = args.process.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
+    let config = args.gateway.to_config(jwt_secret, args.process.instance_id.clone());
+    let history_size = config.history_size;
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tidings-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async move {
+        let registry = prometheus::Registry::new();
+        let metrics = GatewayMetrics::register(&registry)?;
+        register_process_metrics(&registry)?;
+        let node = Node::new(config, metrics, |hub: Arc<dyn MessageHandler>| {
+            Ok(Arc::new(RedisBroker::connect(RedisConfig { url: redis_url, history_size }, hub)?) as Arc<dyn Broker>)
+        })?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        tracing::info!(addr = %listener.local_addr()?, server = %node.config.instance_id, "gateway listening");
+        server::serve(listener, server::router(node.clone(), registry), node, shutdown_signal()).await?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tidings-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

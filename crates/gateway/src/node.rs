@@ -90,11 +90,11 @@ impl Node {
     pub fn new(
         config: GatewayConfig,
         metrics: GatewayMetrics,
-        connect_broker: impl FnOnce(Arc<dyn MessageHandler>) -> Arc<dyn Broker>,
-    ) -> Arc<Self> {
+        connect_broker: impl FnOnce(Arc<dyn MessageHandler>) -> Result<Arc<dyn Broker>, BrokerError>,
+    ) -> Result<Arc<Self>, BrokerError> {
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let broker = connect_broker(hub.clone());
-        Arc::new(Self {
+        let broker = connect_broker(hub.clone())?;
+        Ok(Arc::new(Self {
             verifier: Verifier::new(&config),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config,
@@ -106,7 +106,7 @@ impl Node {
             subscriptions: tokio::sync::Mutex::new(()),
             per_user: Arc::new(Mutex::new(HashMap::new())),
             next_key: AtomicU64::new(1),
-        })
+        }))
     }
 
     pub fn is_draining(&self) -> bool {

@@ -1,8 +1,16 @@
 //! `tidings-publisher`: options → logging → Redis broker → serve until SIGTERM.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use clap::Parser;
+use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
+use tidings_process::{init_logging, parse_args_or_exit, shutdown_signal};
+use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
+use tokio_util::sync::CancellationToken;
 
 /// Turns webhooks, host metrics and HTTP publishes into Tidings events.
 #[derive(Debug, Parser)]
@@ -14,30 +22,96 @@ struct Args {
     /// Redis URL (`redis://host:port/db`, `rediss://` for TLS).
     #[arg(long, env = "TIDINGS_REDIS_URL")]
     redis_url: Option<String>,
+    /// Treat the Redis URL as a comma-separated list of cluster seed nodes.
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", default_value_t = false)]
+    redis_cluster: bool,
     /// Bearer token of the HTTP publish API.
     #[arg(long, env = "TIDINGS_PUBLISH_TOKEN", hide_env_values = true)]
     publish_token: Option<String>,
+    /// Events kept per workspace for recovery (MAXLEN ~ of each stream).
+    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    history_size: u64,
+    /// Workspace that receives host metrics (unset = host metrics off).
+    #[arg(long, env = "TIDINGS_METRICS_WORKSPACE")]
+    metrics_workspace: Option<String>,
+    /// Host metrics period in milliseconds.
+    #[arg(long, env = "TIDINGS_METRICS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    metrics_interval_ms: u64,
+    /// Log line format.
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
-fn main() {
-    let args = Args::try_parse().unwrap_or_else(|e| {
-        use clap::error::ErrorKind;
-        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-            e.exit();
-        }
-        // One line and exit 2, before binding anything (SPEC §1).
-        eprintln!(
-            "tidings-publisher: {} (see --help)",
-            e.to_string().lines().next().unwrap_or("invalid options").trim_start_matches("error: ")
-        );
-        std::process::exit(2);
-    });
-    if args.redis_url.is_none() {
-        eprintln!("tidings-publisher: TIDINGS_REDIS_URL is required (for a single process without Redis, run `tidings dev`)");
-        std::process::exit(2);
+/// The publisher subscribes to nothing; messages never arrive here.
+struct NoSubscriptions;
+
+impl MessageHandler for NoSubscriptions {
+    fn on_message(&self, _workspace_id: &str, _payload: Bytes) {}
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("tidings-publisher: {message}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Args = parse_args_or_exit("tidings-publisher");
+    let Some(redis_url) = args.redis_url.clone() else {
+        return usage_error("TIDINGS_REDIS_URL is required (for one process without Redis, run `tidings dev`)");
+    };
+    let Some(publish_token) = args.publish_token.clone().filter(|t| !t.is_empty()) else {
+        return usage_error("TIDINGS_PUBLISH_TOKEN is required");
+    };
+    if args.redis_cluster {
+        return usage_error("TIDINGS_REDIS_CLUSTER=true is not supported by this build yet");
     }
-    // The Redis durable publish path is the next milestone (issue 3); until then
-    // the publisher runs inside `tidings dev` only.
-    eprintln!("tidings-publisher: the Redis broker is not available in this build yet; run `tidings dev`");
-    std::process::exit(2);
+    if let Some(w) = &args.metrics_workspace
+        && let Err(e) = tidings_protocol::event::validate_workspace_id(w)
+    {
+        return usage_error(&format!("TIDINGS_METRICS_WORKSPACE: {e}"));
+    }
+    if let Err(e) = redis::Client::open(redis_url.as_str()) {
+        return usage_error(&format!("TIDINGS_REDIS_URL: {e}"));
+    }
+    init_logging(&args.log_format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tidings-publisher: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async move {
+        let registry = prometheus::Registry::new();
+        let metrics = PublisherMetrics::register(&registry)?;
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "tidings")))?;
+        let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(
+            RedisConfig { url: redis_url, history_size: args.history_size as usize },
+            Arc::new(NoSubscriptions),
+        )?);
+        let publisher = Publisher::new(
+            PublisherConfig { publish_token, max_body_bytes: tidings_publisher::DEFAULT_MAX_BODY_BYTES },
+            broker.clone(),
+            metrics,
+        );
+        let stop = CancellationToken::new();
+        if let Some(workspace) = args.metrics_workspace.clone() {
+            let interval = Duration::from_millis(args.metrics_interval_ms);
+            tokio::spawn(tidings_publisher::host_metrics::run(broker.clone(), workspace, interval, stop.clone()));
+        }
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "publisher listening");
+        axum::serve(listener, tidings_publisher::router(publisher, registry)).with_graceful_shutdown(shutdown_signal()).await?;
+        stop.cancel();
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidings-publisher: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -47,8 +47,9 @@ impl TestGateway {
         let b = broker.clone();
         let node = Node::new(config, metrics, move |hub: Arc<dyn MessageHandler>| {
             b.set_handler(hub);
-            b as Arc<dyn Broker>
-        });
+            Ok(b as Arc<dyn Broker>)
+        })
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,196 @@
+//! The Redis broker against a real redis-server started on a free port.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
+use tidings_protocol::{Event, EventId};
+use tidings_testkit::TestRedis;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Default)]
+struct Collect {
+    seen: Mutex<Vec<(String, Value)>>,
+    reconnects: Mutex<u32>,
+}
+
+impl MessageHandler for Collect {
+    fn on_message(&self, workspace_id: &str, payload: Bytes) {
+        self.seen.lock().unwrap().push((workspace_id.to_string(), serde_json::from_slice(&payload).unwrap()));
+    }
+    fn on_reconnect(&self) {
+        *self.reconnects.lock().unwrap() += 1;
+    }
+}
+
+impl Collect {
+    fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+    fn ids(&self, ws: &str) -> Vec<String> {
+        self.seen.lock().unwrap().iter().filter(|(w, _)| w == ws).filter_map(|(_, v)| v["id"].as_str().map(String::from)).collect()
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn broker(redis: &TestRedis, history_size: usize) -> (RedisBroker, Arc<Collect>) {
+    let seen = Arc::new(Collect::default());
+    let broker = RedisBroker::connect(RedisConfig { url: redis.url(), history_size }, seen.clone()).unwrap();
+    (broker, seen)
+}
+
+async fn ready(broker: &RedisBroker) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !broker.is_ready().await {
+        assert!(tokio::time::Instant::now() < deadline, "broker never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn event(ws: &str, n: u64) -> Event {
+    let mut e = Event::new("t", ws, json!({ "n": n }));
+    e.timestamp = Some("2026-11-24T12:00:00.000Z".into());
+    e
+}
+
+#[tokio::test]
+async fn durable_publish_stores_publishes_and_keeps_latest() {
+    let redis = TestRedis::start();
+    let (broker, seen) = broker(&redis, 100);
+    ready(&broker).await;
+    broker.subscribe("acme").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(broker.publish(event("acme", n)).await.unwrap().id.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing: {ids:?}");
+    wait_until("20 messages", || seen.len() == 20).await;
+    assert_eq!(seen.ids("acme"), ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(), "channel order = stream order");
+
+    // The stream entry id is the event id, and the stored JSON carries it.
+    let raw = redis.cli(&["XRANGE", "workspace:acme:events", "-", "+", "COUNT", "1"]);
+    assert!(raw.contains(&ids[0].to_string()) && raw.contains(&format!("\"id\":\"{}\"", ids[0])), "{raw}");
+
+    let mut m = Event::new("metrics_update", "acme", json!({"metrics": {"cpu": 1.5, "memory": 2.0}}));
+    m.entity_ref = Some("host:default/a".into());
+    broker.publish(m).await.unwrap();
+    let latest = broker.latest("acme").await.unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!((latest[0].entity_ref.as_str(), latest[0].event_type.as_str()), ("host:default/a", "metrics_update"));
+    let stored: Value = serde_json::from_slice(&latest[0].json).unwrap();
+    assert_eq!(stored["data"]["metrics"]["cpu"], 1.5, "numbers survive the script untouched");
+}
+
+#[tokio::test]
+async fn subscriptions_follow_readers_and_never_cross_workspaces() {
+    let redis = TestRedis::start();
+    let (broker, seen) = broker(&redis, 100);
+    ready(&broker).await;
+    broker.subscribe("a").await.unwrap();
+    assert_eq!(redis.cli(&["PUBSUB", "CHANNELS"]), "workspace:a");
+    broker.publish(event("b", 1)).await.unwrap();
+    broker.publish(event("a", 2)).await.unwrap();
+    wait_until("a's message", || seen.len() == 1).await;
+    assert_eq!(seen.seen.lock().unwrap()[0].0, "a");
+    broker.unsubscribe("a").await.unwrap();
+    assert_eq!(redis.cli(&["PUBSUB", "CHANNELS"]), "");
+    // A bare PUBLISH (live-only) from another service reaches subscribers, unstored.
+    broker.subscribe("b").await.unwrap();
+    redis.cli(&["PUBLISH", "workspace:b", r#"{"type":"log_line","workspace_id":"b","data":"hi"}"#]);
+    wait_until("live message", || seen.len() == 2).await;
+    assert_eq!(seen.seen.lock().unwrap()[1].1["type"], "log_line");
+}
+
+#[tokio::test]
+async fn history_pages_and_reports_trimming() {
+    // Small stream nodes so MAXLEN ~ trims close to the configured size.
+    let redis = TestRedis::start_with(&["--stream-node-max-entries", "5"]);
+    let (broker, _) = broker(&redis, 10);
+    ready(&broker).await;
+    let mut ids: Vec<EventId> = Vec::new();
+    for n in 0..60 {
+        ids.push(broker.publish(event("w", n)).await.unwrap().id.unwrap());
+    }
+    let newest = broker.history("w", None, 3).await.unwrap();
+    assert_eq!(newest.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[57..]);
+
+    let recent = broker.history("w", Some(ids[55]), 2).await.unwrap();
+    assert!(recent.recovered && recent.more);
+    assert_eq!(recent.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[56..58]);
+    assert_eq!(recent.last_id, Some(ids[59]));
+
+    let old = broker.history("w", Some(ids[0]), 100).await.unwrap();
+    assert!(!old.recovered, "ids[1] is long trimmed");
+    assert!(!old.events.is_empty() && old.events.len() < 59);
+
+    let fresh = broker.history("empty", Some(EventId::new(1, 0)), 10).await.unwrap();
+    assert!(fresh.recovered && fresh.events.is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_pubsub_connection_reconnects_and_replays_what_it_missed_exactly_once() {
+    let redis = TestRedis::start();
+    let (broker, seen) = broker(&redis, 1000);
+    ready(&broker).await;
+    broker.subscribe("w").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(broker.publish(event("w", n)).await.unwrap().id.unwrap().to_string());
+    }
+    wait_until("first five", || seen.len() == 5).await;
+    // Cut the pub/sub connection and publish while it is down.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    for n in 5..30 {
+        ids.push(broker.publish(event("w", n)).await.unwrap().id.unwrap().to_string());
+    }
+    wait_until("all thirty", || seen.len() >= 30).await;
+    wait_until("the reconnect callback", || *seen.reconnects.lock().unwrap() >= 1).await;
+    assert_eq!(seen.ids("w"), ids, "every event once, in order");
+    assert!(broker.reconnects() >= 1);
+}
+
+#[tokio::test]
+async fn a_redis_restart_turns_not_ready_then_ready_and_delivery_resumes() {
+    let mut redis = TestRedis::start();
+    let (broker, seen) = broker(&redis, 100);
+    ready(&broker).await;
+    broker.subscribe("w").await.unwrap();
+    redis.kill();
+    assert!(!broker.is_ready().await);
+    assert!(broker.publish(event("w", 1)).await.is_err(), "nothing is reported as published while Redis is down");
+    redis.restart();
+    ready(&broker).await;
+    // The restarted Redis kept nothing; the broker re-subscribed by itself.
+    wait_until("resubscribed", || redis.cli(&["PUBSUB", "CHANNELS"]) == "workspace:w").await;
+    let id = broker.publish(event("w", 2)).await.unwrap().id.unwrap().to_string();
+    wait_until("delivery after the restart", || seen.ids("w").contains(&id)).await;
+}
+
+#[tokio::test]
+async fn the_shipped_lua_script_publishes_for_any_service() {
+    let redis = TestRedis::start();
+    let (broker, seen) = broker(&redis, 100);
+    ready(&broker).await;
+    broker.subscribe("acme").await.unwrap();
+    let script = tidings_broker::redis::PUBLISH_SCRIPT;
+    let event = r#"{"type":"deployment_update","workspace_id":"acme","entity_ref":"component:default/checkout","timestamp":"2026-11-24T12:00:00Z","data":{"deployment":{"id":"d1","version":"v1","environment":"prod","status":"success","start_time":"2026-11-24T11:59:00Z"}}}"#;
+    let id = redis.cli(&["EVAL", script, "3", "workspace:acme:events", "workspace:acme:latest", "workspace:acme", event, "10000", "", "0"]);
+    assert!(id.parse::<EventId>().is_ok(), "script returned {id:?}");
+    wait_until("the scripted event", || seen.len() == 1).await;
+    assert_eq!(seen.ids("acme"), [id]);
+    let err = redis.cli(&["EVAL", script, "3", "workspace:acme:events", "workspace:acme:latest", "workspace:acme", "{}", "10000", "", "0"]);
+    assert!(err.contains("non-empty JSON object"), "{err}");
+}

@@ -1,0 +1,261 @@
+//! Horizontal scale on a real Redis: several gateway processes and a publisher
+//! process, clients spread over the gateways, gateway crashes and Redis restarts.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
+use tidings_protocol::EventId;
+use tidings_testkit::{TestRedis, free_port, wait_for, workspace_binary};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "scale-secret";
+const PUBLISH_TOKEN: &str = "scale-publish-token";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A server process on a free port, killed when dropped.
+struct Proc {
+    child: Child,
+    port: u16,
+}
+
+impl Proc {
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+fn http_status(url: &str) -> Option<u16> {
+    // A blocking probe from a plain thread keeps the test's runtime free.
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).parse().ok()
+}
+
+fn spawn(binary: &str, redis: &TestRedis, name: &str) -> Proc {
+    let port = free_port();
+    let child = Command::new(workspace_binary(binary))
+        .env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIDINGS_REDIS_URL", redis.url())
+        .env("TIDINGS_JWT_SECRET", SECRET)
+        .env("TIDINGS_PUBLISH_TOKEN", PUBLISH_TOKEN)
+        .env("TIDINGS_INSTANCE_ID", name)
+        .env("TIDINGS_DRAIN_SECS", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc { child, port };
+    let url = format!("{}/readyz", proc.base());
+    wait_for(&format!("{name} ready"), WAIT, || http_status(&url) == Some(200));
+    proc
+}
+
+fn token(workspace: &str) -> String {
+    let claims = Claims {
+        sub: format!("user-{workspace}"),
+        exp: unix_now() + 3600,
+        nbf: None,
+        iat: None,
+        jti: None,
+        iss: None,
+        aud: None,
+        workspace_id: Some(workspace.into()),
+        workspaces: None,
+    };
+    sign_hs256(SECRET, &claims).unwrap()
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: Ws,
+    server: String,
+}
+
+async fn connect(gateway: &Proc, workspace: &str, since: Option<&str>) -> Option<Client> {
+    let mut url = format!("ws://127.0.0.1:{}/ws?token={}", gateway.port, token(workspace));
+    if let Some(since) = since {
+        url.push_str(&format!("&since={since}"));
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.ok()?;
+    let hello = next_json(&mut ws).await?;
+    assert_eq!(hello["type"], "connected");
+    Some(Client { ws, server: hello["server"].as_str().unwrap().to_string() })
+}
+
+/// The next text frame, or None once the connection is gone.
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn publish(publisher: &Proc, workspace: &str, events: Value) -> Vec<String> {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/workspaces/{workspace}/events", publisher.base()))
+        .bearer_auth(PUBLISH_TOKEN)
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()).collect()
+}
+
+/// Reads `n` events of the client's workspace, asserting nothing else arrives.
+async fn read_events(client: &mut Client, workspace: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let e = next_json(&mut client.ws).await.expect("connection open");
+        assert_eq!(e["workspace_id"], workspace, "foreign event {e}");
+        ids.push(e["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+#[tokio::test]
+async fn clients_on_several_gateways_get_every_event_once_in_order_and_nothing_foreign() {
+    let redis = TestRedis::start();
+    let gw1 = spawn("tidings-gateway", &redis, "gw-1");
+    let gw2 = spawn("tidings-gateway", &redis, "gw-2");
+    let publisher = spawn("tidings-publisher", &redis, "pub-1");
+
+    let mut a_clients = vec![
+        connect(&gw1, "ws-a", None).await.unwrap(),
+        connect(&gw1, "ws-a", None).await.unwrap(),
+        connect(&gw2, "ws-a", None).await.unwrap(),
+    ];
+    let mut b_client = connect(&gw2, "ws-b", None).await.unwrap();
+    assert_eq!((a_clients[0].server.as_str(), a_clients[2].server.as_str()), ("gw-1", "gw-2"));
+    assert_eq!(redis.cli(&["PUBSUB", "NUMSUB", "workspace:ws-a"]), "workspace:ws-a\n2", "both gateways subscribed");
+    assert_eq!(redis.cli(&["PUBSUB", "NUMSUB", "workspace:ws-b"]), "workspace:ws-b\n1", "only gw-2 has a B reader");
+
+    let mut a_ids = Vec::new();
+    let mut b_ids = Vec::new();
+    for round in 0..10 {
+        let batch: Vec<Value> = (0..10).map(|i| json!({"type": "deploy", "data": {"round": round, "i": i}})).collect();
+        a_ids.extend(publish(&publisher, "ws-a", json!(batch)).await);
+        b_ids.extend(publish(&publisher, "ws-b", json!({"type": "other", "data": round})).await);
+    }
+    let parsed: Vec<EventId> = a_ids.iter().map(|i| i.parse().unwrap()).collect();
+    assert!(parsed.windows(2).all(|w| w[0] < w[1]), "the publisher answers ids in publish order");
+    for client in &mut a_clients {
+        assert_eq!(read_events(client, "ws-a", a_ids.len()).await, a_ids);
+    }
+    assert_eq!(read_events(&mut b_client, "ws-b", b_ids.len()).await, b_ids);
+
+    // gw-1 unsubscribes once its last A reader is gone; gw-2 stays.
+    let on_gw2 = a_clients.pop().unwrap();
+    assert_eq!(on_gw2.server, "gw-2");
+    drop(a_clients);
+    wait_for("gw-1 to unsubscribe ws-a", WAIT, || redis.cli(&["PUBSUB", "NUMSUB", "workspace:ws-a"]) == "workspace:ws-a\n1");
+    drop(b_client);
+    wait_for("nobody reading ws-b", WAIT, || redis.cli(&["PUBSUB", "NUMSUB", "workspace:ws-b"]) == "workspace:ws-b\n0");
+    drop(on_gw2);
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_stream_loses_nothing_for_clients_that_reconnect_with_since() {
+    let redis = TestRedis::start();
+    let mut gw1 = spawn("tidings-gateway", &redis, "gw-1");
+    let gw2 = spawn("tidings-gateway", &redis, "gw-2");
+    let publisher = spawn("tidings-publisher", &redis, "pub-1");
+    let mut client = connect(&gw1, "acme", None).await.unwrap();
+
+    // Publish continuously from a task while the gateway dies.
+    let base = publisher.base();
+    let producer = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            let r = http
+                .post(format!("{base}/v1/workspaces/acme/events"))
+                .bearer_auth(PUBLISH_TOKEN)
+                .json(&json!({"type": "tick", "data": i}))
+                .send()
+                .await
+                .unwrap();
+            ids.push(r.json::<Value>().await.unwrap()["ids"][0].as_str().unwrap().to_string());
+            tokio::time::sleep(Duration::from_millis(2)).await; // pacing, not synchronisation
+        }
+        ids
+    });
+
+    let mut received: Vec<String> = Vec::new();
+    while received.len() < 40 {
+        let e = next_json(&mut client.ws).await.unwrap();
+        received.push(e["id"].as_str().unwrap().to_string());
+    }
+    gw1.sigkill();
+    // Drain what was in flight, then reconnect elsewhere with since = last seen.
+    while let Some(e) = next_json(&mut client.ws).await {
+        received.push(e["id"].as_str().unwrap().to_string());
+    }
+    let last = received.last().unwrap().clone();
+    let mut client = connect(&gw2, "acme", Some(&last)).await.unwrap();
+    let published = producer.await.unwrap();
+    let mut seen: BTreeSet<String> = received.iter().cloned().collect();
+    while seen.len() < published.len() {
+        let e = next_json(&mut client.ws).await.unwrap();
+        let id = e["id"].as_str().unwrap().to_string();
+        assert!(received.last().is_none_or(|l| l.parse::<EventId>().unwrap() < id.parse().unwrap()), "in order after the reconnect");
+        received.push(id.clone());
+        seen.insert(id);
+    }
+    assert_eq!(seen, published.iter().cloned().collect::<BTreeSet<_>>(), "zero events lost");
+    assert_eq!(received.len(), published.len(), "and none twice");
+}
+
+#[tokio::test]
+async fn a_redis_restart_keeps_clients_connected_and_delivery_resumes() {
+    let mut redis = TestRedis::start();
+    let gw = spawn("tidings-gateway", &redis, "gw-1");
+    let publisher = spawn("tidings-publisher", &redis, "pub-1");
+    let mut client = connect(&gw, "acme", None).await.unwrap();
+    let before = publish(&publisher, "acme", json!({"type": "before"})).await;
+    assert_eq!(read_events(&mut client, "acme", 1).await, before);
+
+    redis.kill();
+    let ready = format!("{}/readyz", gw.base());
+    wait_for("readyz 503 while Redis is down", WAIT, || http_status(&ready) == Some(503));
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/workspaces/acme/events", publisher.base()))
+        .bearer_auth(PUBLISH_TOKEN)
+        .json(&json!({"type": "lost"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "nothing is reported as published while Redis is down");
+    assert!(r.headers().contains_key("retry-after"));
+
+    redis.restart();
+    wait_for("readyz 200 after the restart", WAIT, || http_status(&ready) == Some(200));
+    client.ws.send(Message::Text(r#"{"type":"ping","id":"still-here"}"#.into())).await.unwrap();
+    let pong = next_json(&mut client.ws).await.expect("the client kept its connection");
+    assert_eq!((pong["type"].as_str(), pong["id"].as_str()), (Some("pong"), Some("still-here")));
+    wait_for("the gateway re-subscribed", WAIT, || redis.cli(&["PUBSUB", "NUMSUB", "workspace:acme"]) == "workspace:acme\n1");
+    let after = publish(&publisher, "acme", json!({"type": "after"})).await;
+    assert_eq!(read_events(&mut client, "acme", 1).await, after);
+}
