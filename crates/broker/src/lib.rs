@@ -43,6 +43,14 @@ pub trait MessageHandler: Send + Sync + 'static {
     fn on_reconnect(&self) {}
 }
 
+/// The handler of a process that only publishes and subscribes to nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOnly;
+
+impl MessageHandler for PublishOnly {
+    fn on_message(&self, _workspace_id: &str, _payload: Bytes) {}
+}
+
 /// A durable event as stored in history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {

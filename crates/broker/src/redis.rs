@@ -36,9 +36,99 @@ const PUBSUB_PING_EVERY: Duration = Duration::from_secs(5);
 /// Settings of a Redis broker.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` (or `rediss://`).
+    /// `redis://host:port/db` (or `rediss://`); in cluster mode a
+    /// comma-separated list of seed node URLs.
     pub url: String,
+    /// Redis Cluster: hash-tagged key names and sharded pub/sub.
+    pub cluster: bool,
     pub history_size: usize,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>, history_size: usize) -> Self {
+        Self { url: url.into(), cluster: false, history_size }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+    }
+}
+
+/// Checks `TIDINGS_REDIS_URL` (one URL, or comma-separated seeds in cluster
+/// mode) without connecting, so a typo stops the program before it binds.
+pub fn check_redis_urls(url: &str, cluster: bool) -> Result<(), String> {
+    let urls = RedisConfig { url: url.to_string(), cluster, history_size: 1 }.urls();
+    if urls.is_empty() {
+        return Err("TIDINGS_REDIS_URL is empty".into());
+    }
+    if urls.len() > 1 && !cluster {
+        return Err("TIDINGS_REDIS_URL lists several URLs; set TIDINGS_REDIS_CLUSTER=true for a cluster".into());
+    }
+    for u in &urls {
+        redis::Client::open(u.as_str()).map_err(|e| format!("TIDINGS_REDIS_URL {u:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The command side: a pool on one server, or a cluster-aware pool.
+enum Commands {
+    Single(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+impl Commands {
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
+        let result = match self {
+            Commands::Single(pool) => {
+                let mut conn = pool.get().await.map_err(unavailable)?;
+                timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await
+            }
+            Commands::Cluster(pool) => {
+                let mut conn = pool.get().await.map_err(unavailable)?;
+                timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await
+            }
+        };
+        result.map_err(unavailable)?.map_err(unavailable)
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, BrokerError> {
+        let result = match self {
+            Commands::Single(pool) => {
+                let mut conn = pool.get().await.map_err(unavailable)?;
+                timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await
+            }
+            Commands::Cluster(pool) => {
+                let mut conn = pool.get().await.map_err(unavailable)?;
+                timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await
+            }
+        };
+        result.map_err(unavailable)?.map_err(unavailable)
+    }
+}
+
+/// The live pub/sub connection's command half.
+enum Subscriber {
+    Single(PubSubSink),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Subscriber {
+    async fn subscribe(&mut self, channel: &str) -> Result<(), BrokerError> {
+        let result = match self {
+            Subscriber::Single(sink) => timeout(COMMAND_TIMEOUT, sink.subscribe(channel)).await,
+            // One channel per call: channels of different slots cannot share an SSUBSCRIBE.
+            Subscriber::Cluster(conn) => timeout(COMMAND_TIMEOUT, conn.ssubscribe(channel)).await,
+        };
+        result.map_err(unavailable)?.map_err(unavailable)
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), BrokerError> {
+        let result = match self {
+            Subscriber::Single(sink) => timeout(COMMAND_TIMEOUT, sink.unsubscribe(channel)).await,
+            Subscriber::Cluster(conn) => timeout(COMMAND_TIMEOUT, conn.sunsubscribe(channel)).await,
+        };
+        result.map_err(unavailable)?.map_err(unavailable)
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
@@ -54,11 +144,12 @@ struct PubSubState {
     /// (what a reconnect replays after).
     wanted: HashMap<String, Option<EventId>>,
     /// The live connection's command half, when connected.
-    sink: Option<PubSubSink>,
+    sink: Option<Subscriber>,
 }
 
 struct Shared {
-    pool: deadpool_redis::Pool,
+    commands: Commands,
+    cluster: bool,
     handler: Arc<dyn MessageHandler>,
     history_size: usize,
     /// An async mutex: held across SUBSCRIBE round trips so a reconnect and a
@@ -88,9 +179,12 @@ impl RedisBroker {
     /// malformed URL: an unreachable Redis is retried in the background (and
     /// reported by [`Broker::is_ready`]).
     pub fn connect(config: RedisConfig, handler: Arc<dyn MessageHandler>) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| BrokerError::Config(e.to_string()))?;
-        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
-        pool_config.pool = Some(deadpool_redis::PoolConfig {
+        let bad_config = |e: &dyn std::fmt::Display| BrokerError::Config(e.to_string());
+        let urls = config.urls();
+        if urls.is_empty() {
+            return Err(BrokerError::Config("no Redis URL".into()));
+        }
+        let pool_settings = deadpool_redis::PoolConfig {
             max_size: 32,
             timeouts: deadpool_redis::Timeouts {
                 wait: Some(COMMAND_TIMEOUT),
@@ -98,10 +192,30 @@ impl RedisBroker {
                 recycle: Some(COMMAND_TIMEOUT),
             },
             ..deadpool_redis::PoolConfig::default()
-        });
-        let pool = pool_config.create_pool(Some(deadpool_redis::Runtime::Tokio1)).map_err(|e| BrokerError::Config(e.to_string()))?;
+        };
+        let runtime = Some(deadpool_redis::Runtime::Tokio1);
+        let (commands, subscriber) = if config.cluster {
+            let mut pool_config = deadpool_redis::cluster::Config::from_urls(urls.clone());
+            pool_config.pool = Some(pool_settings);
+            let pool = pool_config.create_pool(runtime).map_err(|e| bad_config(&e))?;
+            // Sharded pub/sub on a cluster connection needs RESP3 and a push sender.
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let client = redis::cluster::ClusterClientBuilder::new(urls)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build()
+                .map_err(|e| bad_config(&e))?;
+            (Commands::Cluster(pool), SubscriberSource::Cluster(Box::new(client), rx))
+        } else {
+            let client = redis::Client::open(urls[0].as_str()).map_err(|e| bad_config(&e))?;
+            let mut pool_config = deadpool_redis::Config::from_url(urls[0].clone());
+            pool_config.pool = Some(pool_settings);
+            let pool = pool_config.create_pool(runtime).map_err(|e| bad_config(&e))?;
+            (Commands::Single(pool), SubscriberSource::Single(client))
+        };
         let shared = Arc::new(Shared {
-            pool,
+            commands,
+            cluster: config.cluster,
             handler,
             history_size: config.history_size.max(1),
             pubsub: tokio::sync::Mutex::new(PubSubState { wanted: HashMap::new(), sink: None }),
@@ -109,7 +223,10 @@ impl RedisBroker {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
         });
-        tokio::spawn(pubsub_loop(client, Arc::downgrade(&shared)));
+        match subscriber {
+            SubscriberSource::Single(client) => tokio::spawn(pubsub_loop(client, Arc::downgrade(&shared))),
+            SubscriberSource::Cluster(client, rx) => tokio::spawn(cluster_pubsub_loop(*client, rx, Arc::downgrade(&shared))),
+        };
         Ok(Self { shared, script: Arc::new(redis::Script::new(PUBLISH_SCRIPT)) })
     }
 
@@ -118,77 +235,73 @@ impl RedisBroker {
         self.shared.reconnects.load(Ordering::Relaxed)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
-        self.shared.pool.get().await.map_err(unavailable)
+    fn keys(&self, workspace_id: &str) -> WorkspaceKeys {
+        WorkspaceKeys::new(workspace_id, self.shared.cluster)
     }
 
     async fn publish_durable(&self, mut event: Event) -> Result<Event, BrokerError> {
         event.id = None;
-        let keys = WorkspaceKeys::new(&event.workspace_id, false);
+        let keys = self.keys(&event.workspace_id);
         let latest_field = match &event.entity_ref {
             Some(r) if is_conflatable(&event.event_type) => format!("{}:{r}", event.event_type),
             _ => String::new(),
         };
-        let json = event.to_json();
-        let mut conn = self.conn().await?;
         let mut invocation = self.script.key(&keys.events);
-        invocation.key(&keys.latest).key(&keys.channel).arg(json).arg(self.shared.history_size).arg(latest_field).arg("0");
-        let id: String = timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await.map_err(unavailable)?.map_err(unavailable)?;
+        invocation
+            .key(&keys.latest)
+            .key(&keys.channel)
+            .arg(event.to_json())
+            .arg(self.shared.history_size)
+            .arg(latest_field)
+            .arg(if self.shared.cluster { "1" } else { "0" });
+        let id: String = self.shared.commands.invoke(&invocation).await?;
         event.id = Some(id.parse().map_err(|e| BrokerError::Protocol(format!("script returned {id:?}: {e}")))?);
         Ok(event)
     }
 
     async fn publish_live_only(&self, event: Event) -> Result<(), BrokerError> {
-        let keys = WorkspaceKeys::new(&event.workspace_id, false);
-        let mut conn = self.conn().await?;
-        let cmd = redis::cmd("PUBLISH").arg(&keys.channel).arg(event.to_json()).to_owned();
-        let _: i64 = timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await.map_err(unavailable)?.map_err(unavailable)?;
+        let keys = self.keys(&event.workspace_id);
+        let command = if self.shared.cluster { "SPUBLISH" } else { "PUBLISH" };
+        let _: i64 = self.shared.commands.query(redis::cmd(command).arg(&keys.channel).arg(event.to_json())).await?;
         Ok(())
     }
 
-    async fn read_history(&self, workspace_id: &str, since: Option<EventId>, limit: usize) -> Result<HistoryPage, BrokerError> {
-        read_history(&self.shared.pool, workspace_id, since, limit).await
-    }
-
     async fn read_latest(&self, workspace_id: &str) -> Result<Vec<LatestEvent>, BrokerError> {
-        let keys = WorkspaceKeys::new(workspace_id, false);
-        let mut conn = self.conn().await?;
-        let cmd = redis::cmd("HGETALL").arg(&keys.latest).to_owned();
-        let fields: Vec<(String, Vec<u8>)> =
-            timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await.map_err(unavailable)?.map_err(unavailable)?;
+        let keys = self.keys(workspace_id);
+        let fields: Vec<(String, Vec<u8>)> = self.shared.commands.query(redis::cmd("HGETALL").arg(&keys.latest)).await?;
         Ok(fields
             .into_iter()
             .filter_map(|(field, json)| {
                 let (event_type, entity_ref) =
-                    ["metrics_update:", "health_update:"].iter().find_map(|p| field.strip_prefix(p).map(|r| (&p[..p.len() - 1], r)))?;
+                    ["metrics_update", "health_update"].iter().find_map(|t| field.strip_prefix(t)?.strip_prefix(':').map(|r| (*t, r)))?;
                 Some(LatestEvent { entity_ref: entity_ref.to_string(), event_type: event_type.to_string(), json: Bytes::from(json) })
             })
             .collect())
     }
 
     async fn add_subscription(&self, workspace_id: &str) -> Result<(), BrokerError> {
-        let channel = WorkspaceKeys::new(workspace_id, false).channel;
+        let channel = self.keys(workspace_id).channel;
         // Where this subscription starts: live delivery covers what follows,
         // a reconnect replays after it.
-        let start = last_stream_id(&self.shared.pool, workspace_id).await.ok().flatten();
+        let start = self.shared.last_stream_id(workspace_id).await.ok().flatten();
         let mut state = self.shared.pubsub.lock().await;
         if state.wanted.contains_key(workspace_id) {
             return Ok(());
         }
         state.wanted.insert(workspace_id.to_string(), start);
         if let Some(sink) = state.sink.as_mut() {
-            timeout(COMMAND_TIMEOUT, sink.subscribe(&channel)).await.map_err(unavailable)?.map_err(unavailable)?;
+            sink.subscribe(&channel).await?;
         }
         Ok(())
     }
 
     async fn remove_subscription(&self, workspace_id: &str) -> Result<(), BrokerError> {
-        let channel = WorkspaceKeys::new(workspace_id, false).channel;
+        let channel = self.keys(workspace_id).channel;
         let mut state = self.shared.pubsub.lock().await;
         state.wanted.remove(workspace_id);
         self.shared.delivered.lock().unwrap_or_else(|p| p.into_inner()).remove(workspace_id);
         if let Some(sink) = state.sink.as_mut() {
-            timeout(COMMAND_TIMEOUT, sink.unsubscribe(&channel)).await.map_err(unavailable)?.map_err(unavailable)?;
+            sink.unsubscribe(&channel).await?;
         }
         Ok(())
     }
@@ -197,19 +310,14 @@ impl RedisBroker {
         if !self.shared.connected.load(Ordering::Relaxed) {
             return false;
         }
-        let Ok(mut conn) = self.conn().await else { return false };
-        let cmd = redis::cmd("PING").to_owned();
-        matches!(timeout(Duration::from_secs(1), cmd.query_async::<String>(&mut conn)).await, Ok(Ok(_)))
+        matches!(timeout(Duration::from_secs(1), self.shared.commands.query::<String>(&redis::cmd("PING"))).await, Ok(Ok(_)))
     }
 }
 
-/// The newest entry id of a workspace stream, if it has one.
-async fn last_stream_id(pool: &deadpool_redis::Pool, workspace_id: &str) -> Result<Option<EventId>, BrokerError> {
-    let keys = WorkspaceKeys::new(workspace_id, false);
-    let mut conn = pool.get().await.map_err(unavailable)?;
-    let cmd = redis::cmd("XREVRANGE").arg(&keys.events).arg("+").arg("-").arg("COUNT").arg(1).to_owned();
-    let entries: Vec<Entry> = timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await.map_err(unavailable)?.map_err(unavailable)?;
-    Ok(entries.first().and_then(|(id, _)| id.parse().ok()))
+/// Where the pub/sub task gets its connection from.
+enum SubscriberSource {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>, tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 
 fn stored(entries: Vec<Entry>) -> Vec<StoredEvent> {
@@ -228,58 +336,67 @@ fn predecessor(id: EventId) -> EventId {
     if id.seq > 0 { EventId::new(id.ms, id.seq - 1) } else { EventId::new(id.ms.saturating_sub(1), u64::MAX) }
 }
 
-async fn read_history(
-    pool: &deadpool_redis::Pool,
-    workspace_id: &str,
-    since: Option<EventId>,
-    limit: usize,
-) -> Result<HistoryPage, BrokerError> {
-    let keys = WorkspaceKeys::new(workspace_id, false);
-    let conn = pool.get().await.map_err(unavailable)?;
-    let query = |cmd: redis::Cmd| async move {
-        let mut conn = conn;
-        let r: Result<Vec<Entry>, BrokerError> =
-            timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await.map_err(unavailable)?.map_err(unavailable);
-        r.map(|entries| (entries, conn))
-    };
-    match since {
-        None => {
-            let cmd = redis::cmd("XREVRANGE").arg(&keys.events).arg("+").arg("-").arg("COUNT").arg(limit).to_owned();
-            let (entries, _) = query(cmd).await?;
+impl Shared {
+    /// The newest entry id of a workspace stream, if it has one.
+    async fn last_stream_id(&self, workspace_id: &str) -> Result<Option<EventId>, BrokerError> {
+        let keys = WorkspaceKeys::new(workspace_id, self.cluster);
+        let entries: Vec<Entry> =
+            self.commands.query(redis::cmd("XREVRANGE").arg(&keys.events).arg("+").arg("-").arg("COUNT").arg(1)).await?;
+        Ok(entries.first().and_then(|(id, _)| id.parse().ok()))
+    }
+
+    async fn read_history(&self, workspace_id: &str, since: Option<EventId>, limit: usize) -> Result<HistoryPage, BrokerError> {
+        let keys = WorkspaceKeys::new(workspace_id, self.cluster);
+        let Some(since) = since else {
+            let entries: Vec<Entry> =
+                self.commands.query(redis::cmd("XREVRANGE").arg(&keys.events).arg("+").arg("-").arg("COUNT").arg(limit)).await?;
             let mut events = stored(entries);
             events.reverse();
             let last_id = events.last().map(|e| e.id);
-            Ok(HistoryPage { events, recovered: true, more: false, last_id })
+            return Ok(HistoryPage { events, recovered: true, more: false, last_id });
+        };
+        // One more than asked tells whether more follow.
+        let entries: Vec<Entry> = self
+            .commands
+            .query(redis::cmd("XRANGE").arg(&keys.events).arg(format!("({since}")).arg("+").arg("COUNT").arg(limit + 1))
+            .await?;
+        let mut events = stored(entries);
+        let more = events.len() > limit;
+        events.truncate(limit);
+        // Trimming check (SPEC §3.2 `recovered`). On Redis 7.0, MAXLEN ~ trimming
+        // leaves max-deleted-entry-id at 0-0, so compare with the first entry and
+        // the count of entries ever added instead.
+        let info: redis::Value = match self.commands.query(redis::cmd("XINFO").arg("STREAM").arg(&keys.events)).await {
+            Ok(v) => v,
+            Err(e) if e.to_string().contains("no such key") => return Ok(HistoryPage { events, recovered: true, more, last_id: None }),
+            Err(e) => return Err(e),
+        };
+        let stream = StreamInfo::from_value(&info);
+        let trimmed = stream.entries_added.saturating_sub(stream.length) > 0;
+        let recovered = !trimmed
+            || stream.max_deleted.is_some_and(|d| d != EventId::ZERO && since >= d)
+            || stream.first_entry.is_some_and(|first| since >= predecessor(first));
+        Ok(HistoryPage { events, recovered, more, last_id: stream.last_generated })
+    }
+
+    /// Replays, per wanted workspace, what its stream holds after the newest id
+    /// delivered here (or after where the subscription started).
+    async fn replay_missed(&self, workspaces: Vec<(String, Option<EventId>)>) -> Result<(), BrokerError> {
+        for (workspace_id, start) in workspaces {
+            let delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&workspace_id).copied();
+            // Nothing delivered and the stream was empty at subscribe: all of it is new.
+            let after = delivered.or(start).unwrap_or(EventId::ZERO);
+            let page = self.read_history(&workspace_id, Some(after), self.history_size).await?;
+            if !page.events.is_empty() {
+                tracing::info!(workspace_id, replayed = page.events.len(), "replaying events missed while disconnected");
+            }
+            for event in page.events {
+                self.deliver(&workspace_id, event.json);
+            }
         }
-        Some(since) => {
-            // One more than asked tells whether more follow.
-            let cmd = redis::cmd("XRANGE").arg(&keys.events).arg(format!("({since}")).arg("+").arg("COUNT").arg(limit + 1).to_owned();
-            let (entries, mut conn) = query(cmd).await?;
-            let mut events = stored(entries);
-            let more = events.len() > limit;
-            events.truncate(limit);
-            // Trimming check (SPEC §3.2 `recovered`). On Redis 7.0, MAXLEN ~ trimming
-            // leaves max-deleted-entry-id at 0-0, so compare with the first entry and
-            // the count of entries ever added instead.
-            let info: redis::Value =
-                match timeout(COMMAND_TIMEOUT, redis::cmd("XINFO").arg("STREAM").arg(&keys.events).query_async(&mut conn)).await {
-                    Ok(Ok(v)) => v,
-                    Ok(Err(e)) if e.to_string().contains("no such key") => {
-                        return Ok(HistoryPage { events, recovered: true, more, last_id: None });
-                    }
-                    Ok(Err(e)) => return Err(unavailable(e)),
-                    Err(e) => return Err(unavailable(e)),
-                };
-            let stream = StreamInfo::from_value(&info);
-            let trimmed = stream.entries_added.saturating_sub(stream.length) > 0;
-            let recovered = !trimmed
-                || stream.max_deleted.is_some_and(|d| d != EventId::ZERO && since >= d)
-                || stream.first_entry.is_some_and(|first| since >= predecessor(first));
-            Ok(HistoryPage { events, recovered, more, last_id: stream.last_generated })
-        }
+        Ok(())
     }
 }
-
 /// The parts of `XINFO STREAM` the trimming check reads.
 #[derive(Debug, Default)]
 struct StreamInfo {
@@ -331,6 +448,12 @@ fn event_id(payload: &[u8]) -> Option<EventId> {
     serde_json::from_slice::<IdOnly>(payload).ok()?.id
 }
 
+/// The workspace of a channel name, plain (`workspace:acme`) or hash-tagged (`workspace:{acme}`).
+fn workspace_of(channel: &str) -> Option<&str> {
+    let rest = channel.strip_prefix("workspace:")?;
+    Some(rest.strip_prefix('{').and_then(|r| r.strip_suffix('}')).unwrap_or(rest))
+}
+
 impl Shared {
     /// Hands a message to the hub unless it was already delivered (a replay and
     /// live delivery can overlap around a reconnect).
@@ -346,6 +469,15 @@ impl Shared {
         }
         self.handler.on_message(workspace_id, payload);
     }
+
+    async fn wanted(&self) -> Vec<(String, Option<EventId>)> {
+        self.pubsub.lock().await.wanted.iter().map(|(w, start)| (w.clone(), *start)).collect()
+    }
+}
+
+fn jittered(backoff: Duration) -> Duration {
+    // Full-ish jitter keeps many gateways from reconnecting in lockstep.
+    backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
 async fn pubsub_loop(client: redis::Client, shared: std::sync::Weak<Shared>) {
@@ -368,9 +500,7 @@ async fn pubsub_loop(client: redis::Client, shared: std::sync::Weak<Shared>) {
                 tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connect failed");
             }
         }
-        // Full jitter keeps many gateways from reconnecting in lockstep.
-        let wait = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
@@ -379,25 +509,16 @@ async fn pubsub_loop(client: redis::Client, shared: std::sync::Weak<Shared>) {
 /// loss replays what each workspace's stream received meanwhile.
 async fn connect_pubsub(client: &redis::Client, shared: &Arc<Shared>, replay: bool) -> Result<PubSubStream, BrokerError> {
     let pubsub = timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await.map_err(unavailable)?.map_err(unavailable)?;
-    let (mut sink, stream) = pubsub.split();
+    let (sink, stream) = pubsub.split();
+    let mut sink = Subscriber::Single(sink);
     let mut state = shared.pubsub.lock().await;
     for workspace_id in state.wanted.keys() {
-        let channel = WorkspaceKeys::new(workspace_id, false).channel;
-        timeout(COMMAND_TIMEOUT, sink.subscribe(&channel)).await.map_err(unavailable)?.map_err(unavailable)?;
+        sink.subscribe(&WorkspaceKeys::new(workspace_id, false).channel).await?;
     }
     if replay {
         shared.reconnects.fetch_add(1, Ordering::Relaxed);
         let wanted: Vec<(String, Option<EventId>)> = state.wanted.iter().map(|(w, start)| (w.clone(), *start)).collect();
-        for (workspace_id, start) in wanted {
-            let after = shared.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&workspace_id).copied().or(start);
-            // Nothing delivered and the stream was empty at subscribe: all of it is new.
-            let after = after.unwrap_or(EventId::ZERO);
-            let page = read_history(&shared.pool, &workspace_id, Some(after), shared.history_size).await?;
-            tracing::info!(workspace_id, replayed = page.events.len(), "replaying events missed while disconnected");
-            for event in page.events {
-                shared.deliver(&workspace_id, event.json);
-            }
-        }
+        shared.replay_missed(wanted).await?;
         shared.handler.on_reconnect();
     }
     state.sink = Some(sink);
@@ -414,19 +535,145 @@ async fn read_until_lost(mut stream: PubSubStream, shared: &std::sync::Weak<Shar
             msg = stream.next() => {
                 let Some(msg) = msg else { return };
                 let Some(state) = shared.upgrade() else { return };
-                let Some(workspace_id) = msg.get_channel_name().strip_prefix("workspace:") else { continue };
+                let Some(workspace_id) = workspace_of(msg.get_channel_name()) else { continue };
                 state.deliver(workspace_id, Bytes::copy_from_slice(msg.get_payload_bytes()));
             }
             _ = probe.tick() => {
                 let Some(state) = shared.upgrade() else { return };
-                let sink = state.pubsub.lock().await.sink.clone();
-                if let Some(mut sink) = sink
+                let mut guard = state.pubsub.lock().await;
+                if let Some(Subscriber::Single(sink)) = guard.sink.as_mut()
                     && !matches!(timeout(COMMAND_TIMEOUT, sink.ping::<String>()).await, Ok(Ok(_)))
                 {
                     return;
                 }
             }
         }
+    }
+}
+
+/// Cluster mode: one cluster connection carries every SSUBSCRIBE; the library
+/// follows slot moves and failovers and re-subscribes by itself. Each repeated
+/// `ssubscribe` confirmation for a channel means it was re-established, so the
+/// workspace's stream is replayed from the newest id delivered.
+async fn cluster_pubsub_loop(
+    client: redis::cluster::ClusterClient,
+    mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    shared: std::sync::Weak<Shared>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(state) = shared.upgrade() else { return };
+        match timeout(COMMAND_TIMEOUT, client.get_async_connection()).await {
+            Ok(Ok(conn)) => {
+                let mut sink = Subscriber::Cluster(conn);
+                let mut guard = state.pubsub.lock().await;
+                let mut failed = false;
+                for workspace_id in guard.wanted.keys() {
+                    if let Err(e) = sink.subscribe(&WorkspaceKeys::new(workspace_id, true).channel).await {
+                        tracing::warn!(error = %e, "cluster ssubscribe failed");
+                        failed = true;
+                        break;
+                    }
+                }
+                if !failed {
+                    guard.sink = Some(sink);
+                    state.connected.store(true, Ordering::Relaxed);
+                    drop(guard);
+                    tracing::info!("redis cluster pub/sub connected");
+                    break;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, retry_in = ?backoff, "redis cluster connect failed"),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "redis cluster connect timed out"),
+        }
+        drop(state);
+        tokio::time::sleep(jittered(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    let mut confirmed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    while let Some(push) = pushes.recv().await {
+        let Some(state) = shared.upgrade() else { return };
+        let channel = push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+        match push.kind {
+            redis::PushKind::SMessage | redis::PushKind::Message => {
+                let (Some(channel), Some(payload)) = (channel, push.data.get(1)) else { continue };
+                let Some(workspace_id) = workspace_of(&channel) else { continue };
+                if let Ok(bytes) = redis::from_redis_value_ref::<Vec<u8>>(payload) {
+                    state.deliver(workspace_id, Bytes::from(bytes));
+                }
+            }
+            redis::PushKind::SSubscribe => {
+                let Some(channel) = channel else { continue };
+                if !confirmed.insert(channel.clone()) {
+                    // Re-subscribed after a disconnect, failover or slot move.
+                    state.reconnects.fetch_add(1, Ordering::Relaxed);
+                    let Some(workspace_id) = workspace_of(&channel).map(String::from) else { continue };
+                    let start = state.wanted().await.into_iter().find(|(w, _)| *w == workspace_id);
+                    if let Some(entry) = start {
+                        // Inline, so the older replayed events go before the live
+                        // ones that queue up in the push channel meanwhile. The
+                        // cluster may still be settling, so retry until it answers.
+                        let mut backoff = BACKOFF_MIN;
+                        while let Err(e) = state.replay_missed(vec![entry.clone()]).await {
+                            tracing::warn!(error = %e, retry_in = ?backoff, "cluster replay failed");
+                            tokio::time::sleep(jittered(backoff)).await;
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
+                        state.handler.on_reconnect();
+                    }
+                }
+            }
+            redis::PushKind::SUnsubscribe => {
+                let Some(channel) = channel else { continue };
+                let still_wanted = state.pubsub.lock().await.wanted.keys().any(|w| WorkspaceKeys::new(w, true).channel == channel);
+                if still_wanted {
+                    // The server dropped us: the slot moved or its master became a
+                    // replica. Subscribe again where the slot lives now; the
+                    // confirmation triggers the replay above.
+                    tracing::info!(channel, "shard channel moved; re-subscribing");
+                    tokio::spawn(resubscribe(shared.clone(), channel));
+                } else {
+                    confirmed.remove(&channel);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Re-issues SSUBSCRIBE for `channel` until the cluster accepts it (the slot
+/// map may take a moment to catch up with a failover or a slot move).
+async fn resubscribe(shared: std::sync::Weak<Shared>, channel: String) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(state) = shared.upgrade() else { return };
+        let mut guard = state.pubsub.lock().await;
+        if !guard.wanted.keys().any(|w| WorkspaceKeys::new(w, true).channel == channel) {
+            return;
+        }
+        match guard.sink.as_mut() {
+            Some(Subscriber::Cluster(conn)) => {
+                // A keyed read first: if the connection still routes the slot to
+                // its old node it gets MOVED and refreshes its slot map, so the
+                // SSUBSCRIBE below lands on the slot's current master.
+                let probe = redis::cmd("EXISTS").arg(format!("{channel}:events")).to_owned();
+                let routed: Result<Result<i64, _>, _> = timeout(COMMAND_TIMEOUT, probe.query_async(conn)).await;
+                match routed {
+                    Ok(Ok(_)) => match timeout(COMMAND_TIMEOUT, conn.ssubscribe(&channel)).await {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => tracing::warn!(channel, error = %e, "re-subscribe failed; retrying"),
+                        Err(e) => tracing::warn!(channel, error = %e, "re-subscribe timed out; retrying"),
+                    },
+                    Ok(Err(e)) => tracing::warn!(channel, error = %e, "slot lookup failed; retrying"),
+                    Err(e) => tracing::warn!(channel, error = %e, "slot lookup timed out; retrying"),
+                }
+            }
+            Some(Subscriber::Single(_)) | None => return,
+        }
+        drop(guard);
+        drop(state);
+        tokio::time::sleep(jittered(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -453,7 +700,7 @@ impl Broker for RedisBroker {
         since: Option<EventId>,
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
-        self.read_history(workspace_id, since, limit).boxed()
+        self.shared.read_history(workspace_id, since, limit).boxed()
     }
 
     fn latest<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<Vec<LatestEvent>, BrokerError>> {

@@ -48,7 +48,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 fn broker(redis: &TestRedis, history_size: usize) -> (RedisBroker, Arc<Collect>) {
     let seen = Arc::new(Collect::default());
-    let broker = RedisBroker::connect(RedisConfig { url: redis.url(), history_size }, seen.clone()).unwrap();
+    let broker = RedisBroker::connect(RedisConfig::new(redis.url(), history_size), seen.clone()).unwrap();
     (broker, seen)
 }
 

@@ -25,9 +25,24 @@ pub struct PublishArgs {
     /// Bearer token of the publish API.
     #[arg(long, env = "TIDINGS_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
-    /// Publish straight to Redis instead of over HTTP.
+    /// Publish straight to Redis (the durable script) instead of over HTTP.
     #[arg(long, env = "TIDINGS_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Treat the Redis URL as a comma-separated list of cluster seed nodes.
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+    /// With Redis: events kept per workspace (MAXLEN ~ of the stream).
+    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub history_size: u64,
+}
+
+/// The durable publish through Redis; fails fast when Redis does not answer.
+async fn publish_to_redis(url: String, cluster: bool, history_size: u64, event: Event) -> anyhow::Result<String> {
+    use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
+    let broker = RedisBroker::connect(RedisConfig { url, cluster, history_size: history_size as usize }, std::sync::Arc::new(PublishOnly))
+        .map_err(|e| UsageError(format!("TIDINGS_REDIS_URL: {e}")))?;
+    let stored = broker.publish(event).await.context("publishing to Redis")?;
+    Ok(stored.id.map(|id| id.to_string()).unwrap_or_default())
 }
 
 /// The event the options describe, validated.
@@ -42,16 +57,14 @@ pub fn build_event(args: &PublishArgs) -> Result<Event, UsageError> {
 
 pub fn main(args: PublishArgs) -> anyhow::Result<()> {
     let event = build_event(&args)?;
-    if args.redis_url.is_some() {
-        // Direct Redis publishing comes with the Redis broker (issue 3).
-        return Err(UsageError(
-            "publishing straight to Redis is not available in this build yet; unset TIDINGS_REDIS_URL to publish over HTTP".into(),
-        )
-        .into());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Some(url) = args.redis_url.clone() {
+        let id = runtime.block_on(publish_to_redis(url, args.redis_cluster, args.history_size, event))?;
+        println!("{id}");
+        return Ok(());
     }
     let token = args.publish_token.clone().ok_or_else(|| UsageError("TIDINGS_PUBLISH_TOKEN (or --publish-token) is required".into()))?;
     let url = format!("{}/v1/workspaces/{}/events", args.url.trim_end_matches('/'), event.workspace_id);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, body) = runtime.block_on(async {
         let response =
             reqwest::Client::new().post(&url).bearer_auth(token).json(&event).send().await.with_context(|| format!("POST {url}"))?;

@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
 use tidings_protocol::EventId;
-use tidings_testkit::{TestRedis, free_port, wait_for, workspace_binary};
+use tidings_testkit::{TestCluster, TestRedis, free_port, wait_for, workspace_binary};
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "scale-secret";
@@ -48,11 +48,48 @@ fn http_status(url: &str) -> Option<u16> {
     String::from_utf8_lossy(&out.stdout).parse().ok()
 }
 
-fn spawn(binary: &str, redis: &TestRedis, name: &str) -> Proc {
+/// Where the processes find Redis: one server, or a cluster's seed list.
+trait Backend {
+    fn url(&self) -> String;
+    fn cluster(&self) -> bool;
+    /// Gateways subscribed to the workspace's channel right now.
+    fn subscribers(&self, workspace: &str) -> u32;
+}
+
+impl Backend for TestRedis {
+    fn url(&self) -> String {
+        TestRedis::url(self)
+    }
+    fn cluster(&self) -> bool {
+        false
+    }
+    fn subscribers(&self, workspace: &str) -> u32 {
+        let out = self.cli(&["PUBSUB", "NUMSUB", &format!("workspace:{workspace}")]);
+        out.lines().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Backend for TestCluster {
+    fn url(&self) -> String {
+        self.urls()
+    }
+    fn cluster(&self) -> bool {
+        true
+    }
+    fn subscribers(&self, workspace: &str) -> u32 {
+        let channel = format!("workspace:{{{workspace}}}");
+        let master = self.master_of(self.keyslot(&channel));
+        let out = tidings_testkit::redis_cli(master, &["PUBSUB", "SHARDNUMSUB", &channel]);
+        out.lines().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+fn spawn(binary: &str, redis: &dyn Backend, name: &str) -> Proc {
     let port = free_port();
     let child = Command::new(workspace_binary(binary))
         .env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
         .env("TIDINGS_REDIS_URL", redis.url())
+        .env("TIDINGS_REDIS_CLUSTER", redis.cluster().to_string())
         .env("TIDINGS_JWT_SECRET", SECRET)
         .env("TIDINGS_PUBLISH_TOKEN", PUBLISH_TOKEN)
         .env("TIDINGS_INSTANCE_ID", name)
@@ -137,10 +174,18 @@ async fn read_events(client: &mut Client, workspace: &str, n: usize) -> Vec<Stri
 
 #[tokio::test]
 async fn clients_on_several_gateways_get_every_event_once_in_order_and_nothing_foreign() {
-    let redis = TestRedis::start();
-    let gw1 = spawn("tidings-gateway", &redis, "gw-1");
-    let gw2 = spawn("tidings-gateway", &redis, "gw-2");
-    let publisher = spawn("tidings-publisher", &redis, "pub-1");
+    several_gateways(&TestRedis::start()).await;
+}
+
+#[tokio::test]
+async fn the_same_on_a_redis_cluster() {
+    several_gateways(&TestCluster::start(3, 0)).await;
+}
+
+async fn several_gateways(redis: &dyn Backend) {
+    let gw1 = spawn("tidings-gateway", redis, "gw-1");
+    let gw2 = spawn("tidings-gateway", redis, "gw-2");
+    let publisher = spawn("tidings-publisher", redis, "pub-1");
 
     let mut a_clients = vec![
         connect(&gw1, "ws-a", None).await.unwrap(),
@@ -149,8 +194,8 @@ async fn clients_on_several_gateways_get_every_event_once_in_order_and_nothing_f
     ];
     let mut b_client = connect(&gw2, "ws-b", None).await.unwrap();
     assert_eq!((a_clients[0].server.as_str(), a_clients[2].server.as_str()), ("gw-1", "gw-2"));
-    assert_eq!(redis.cli(&["PUBSUB", "NUMSUB", "workspace:ws-a"]), "workspace:ws-a\n2", "both gateways subscribed");
-    assert_eq!(redis.cli(&["PUBSUB", "NUMSUB", "workspace:ws-b"]), "workspace:ws-b\n1", "only gw-2 has a B reader");
+    assert_eq!(redis.subscribers("ws-a"), 2, "both gateways subscribed");
+    assert_eq!(redis.subscribers("ws-b"), 1, "only gw-2 has a B reader");
 
     let mut a_ids = Vec::new();
     let mut b_ids = Vec::new();
@@ -170,9 +215,9 @@ async fn clients_on_several_gateways_get_every_event_once_in_order_and_nothing_f
     let on_gw2 = a_clients.pop().unwrap();
     assert_eq!(on_gw2.server, "gw-2");
     drop(a_clients);
-    wait_for("gw-1 to unsubscribe ws-a", WAIT, || redis.cli(&["PUBSUB", "NUMSUB", "workspace:ws-a"]) == "workspace:ws-a\n1");
+    wait_for("gw-1 to unsubscribe ws-a", WAIT, || redis.subscribers("ws-a") == 1);
     drop(b_client);
-    wait_for("nobody reading ws-b", WAIT, || redis.cli(&["PUBSUB", "NUMSUB", "workspace:ws-b"]) == "workspace:ws-b\n0");
+    wait_for("nobody reading ws-b", WAIT, || redis.subscribers("ws-b") == 0);
     drop(on_gw2);
 }
 
@@ -258,4 +303,27 @@ async fn a_redis_restart_keeps_clients_connected_and_delivery_resumes() {
     wait_for("the gateway re-subscribed", WAIT, || redis.cli(&["PUBSUB", "NUMSUB", "workspace:acme"]) == "workspace:acme\n1");
     let after = publish(&publisher, "acme", json!({"type": "after"})).await;
     assert_eq!(read_events(&mut client, "acme", 1).await, after);
+}
+
+#[tokio::test]
+async fn tidings_publish_writes_straight_to_redis() {
+    let redis = TestRedis::start();
+    let gw = spawn("tidings-gateway", &redis, "gw-1");
+    let mut client = connect(&gw, "acme", None).await.unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["publish", "--workspace", "acme", "--type", "notification", "--data", r#"{"title":"t","message":"m","level":"info"}"#])
+        .env("TIDINGS_REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(read_events(&mut client, "acme", 1).await, [id]);
+    // A bad event is refused before anything is sent.
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["publish", "--workspace", "acme", "--type", "Bad Type"])
+        .env("TIDINGS_REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(redis.cli(&["XLEN", "workspace:acme:events"]), "1");
 }

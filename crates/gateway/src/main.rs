@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use tidings_broker::redis::check_redis_urls;
 use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
 use tidings_gateway::config::{GatewayArgs, ProcessArgs};
 use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
@@ -40,11 +41,8 @@ fn main() -> ExitCode {
     let Some(jwt_secret) = args.gateway.jwt_secret.clone() else {
         return usage_error("TIDINGS_JWT_SECRET is required");
     };
-    if args.redis_cluster {
-        return usage_error("TIDINGS_REDIS_CLUSTER=true is not supported by this build yet");
-    }
-    if let Err(e) = redis::Client::open(redis_url.as_str()) {
-        return usage_error(&format!("TIDINGS_REDIS_URL: {e}"));
+    if let Err(e) = check_redis_urls(&redis_url, args.redis_cluster) {
+        return usage_error(&e);
     }
     init_logging(&args.process.log_format);
     let listen: SocketAddr = args.process.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
@@ -63,7 +61,8 @@ fn main() -> ExitCode {
         let metrics = GatewayMetrics::register(&registry)?;
         register_process_metrics(&registry)?;
         let node = Node::new(config, metrics, |hub: Arc<dyn MessageHandler>| {
-            Ok(Arc::new(RedisBroker::connect(RedisConfig { url: redis_url, history_size }, hub)?) as Arc<dyn Broker>)
+            Ok(Arc::new(RedisBroker::connect(RedisConfig { url: redis_url, cluster: args.redis_cluster, history_size }, hub)?)
+                as Arc<dyn Broker>)
         })?;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, server = %node.config.instance_id, "gateway listening");

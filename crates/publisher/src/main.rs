@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Parser;
-use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
+use tidings_broker::redis::check_redis_urls;
+use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
 use tidings_process::{init_logging, parse_args_or_exit, shutdown_signal};
 use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
 use tokio_util::sync::CancellationToken;
@@ -42,13 +42,6 @@ struct Args {
     log_format: String,
 }
 
-/// The publisher subscribes to nothing; messages never arrive here.
-struct NoSubscriptions;
-
-impl MessageHandler for NoSubscriptions {
-    fn on_message(&self, _workspace_id: &str, _payload: Bytes) {}
-}
-
 fn usage_error(message: &str) -> ExitCode {
     eprintln!("tidings-publisher: {message}");
     ExitCode::from(2)
@@ -62,16 +55,13 @@ fn main() -> ExitCode {
     let Some(publish_token) = args.publish_token.clone().filter(|t| !t.is_empty()) else {
         return usage_error("TIDINGS_PUBLISH_TOKEN is required");
     };
-    if args.redis_cluster {
-        return usage_error("TIDINGS_REDIS_CLUSTER=true is not supported by this build yet");
-    }
     if let Some(w) = &args.metrics_workspace
         && let Err(e) = tidings_protocol::event::validate_workspace_id(w)
     {
         return usage_error(&format!("TIDINGS_METRICS_WORKSPACE: {e}"));
     }
-    if let Err(e) = redis::Client::open(redis_url.as_str()) {
-        return usage_error(&format!("TIDINGS_REDIS_URL: {e}"));
+    if let Err(e) = check_redis_urls(&redis_url, args.redis_cluster) {
+        return usage_error(&e);
     }
     init_logging(&args.log_format);
 
@@ -87,8 +77,8 @@ fn main() -> ExitCode {
         let metrics = PublisherMetrics::register(&registry)?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "tidings")))?;
         let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(
-            RedisConfig { url: redis_url, history_size: args.history_size as usize },
-            Arc::new(NoSubscriptions),
+            RedisConfig { url: redis_url, cluster: args.redis_cluster, history_size: args.history_size as usize },
+            Arc::new(PublishOnly),
         )?);
         let publisher = Publisher::new(
             PublisherConfig { publish_token, max_body_bytes: tidings_publisher::DEFAULT_MAX_BODY_BYTES },

@@ -111,3 +111,188 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     assert!(path.exists(), "{} not built: run the tests through scripts/test (cargo test --workspace)", path.display());
     path
 }
+
+/// `start-end:port` of each slot range in a redis-cli CLUSTER SLOTS dump, sorted.
+fn slot_owners(dump: &str) -> Vec<String> {
+    let lines: Vec<&str> = dump.lines().collect();
+    let mut owners = Vec::new();
+    let mut i = 0;
+    while i + 3 < lines.len() {
+        if let (Ok(start), Ok(end), Ok(port)) = (lines[i].parse::<u32>(), lines[i + 1].parse::<u32>(), lines[i + 3].parse::<u16>())
+            && start <= end
+            && end < 16384
+            && lines[i + 2].contains('.')
+        {
+            owners.push(format!("{start}-{end}:{port}"));
+            i += 4;
+        } else {
+            i += 1;
+        }
+    }
+    owners.sort();
+    owners
+}
+
+/// A real Redis Cluster: `masters` primaries, each with `replicas` replicas,
+/// every node a `redis-server` on a free port.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub nodes: Vec<TestRedis>,
+}
+
+impl TestCluster {
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        let expected_replicas = masters * replicas;
+        let total = masters * (1 + replicas);
+        let nodes: Vec<TestRedis> = (0..total)
+            .map(|_| {
+                TestRedis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-allow-pubsubshard-when-down",
+                    "yes",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = Self { nodes };
+        cluster.wait_healthy();
+        for node in &cluster.nodes {
+            let port = node.port;
+            wait_for("every node to see every replica", START_DEADLINE, || {
+                redis_cli(port, &["CLUSTER", "NODES"]).lines().filter(|l| l.contains("slave") && !l.contains("fail")).count()
+                    == expected_replicas
+            });
+        }
+        cluster
+    }
+
+    /// Waits until every node sees the cluster as `ok` and the replicas are in sync.
+    pub fn wait_healthy(&self) {
+        for node in &self.nodes {
+            let port = node.port;
+            wait_for("cluster_state:ok", START_DEADLINE, || redis_cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+        }
+        // Every node agrees on who serves each slot range (no stale view of a
+        // failover or slot move left anywhere).
+        let until = Instant::now() + START_DEADLINE;
+        loop {
+            let views: Vec<String> = self.nodes.iter().map(|n| redis_cli(n.port, &["CLUSTER", "SLOTS"])).collect();
+            let normalized: Vec<Vec<String>> = views.iter().map(|v| slot_owners(v)).collect();
+            if normalized.windows(2).all(|w| w[0] == w[1]) && !normalized[0].is_empty() {
+                return;
+            }
+            assert!(Instant::now() < until, "cluster views never converged: {views:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Seed URLs, comma-separated, as `TIDINGS_REDIS_URL` takes them in cluster mode.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn any_port(&self) -> u16 {
+        self.nodes[0].port
+    }
+
+    /// `redis-cli -c` against any node (follows redirects).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-c", "-p", &self.any_port().to_string()]).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn keyslot(&self, key: &str) -> u16 {
+        redis_cli(self.any_port(), &["CLUSTER", "KEYSLOT", key]).parse().expect("a slot number")
+    }
+
+    /// `(node id, port, is master, master id, slots)` of every node, from CLUSTER NODES.
+    pub fn topology(&self) -> Vec<(String, u16, bool, String, String)> {
+        redis_cli(self.any_port(), &["CLUSTER", "NODES"])
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let port = f.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+                let master = f.get(2)?.contains("master");
+                Some((f[0].to_string(), port, master, f.get(3)?.to_string(), f.get(8..).map(|s| s.join(" ")).unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// Ports of the nodes that are masters now (asked of each node itself).
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes.iter().filter(|n| redis_cli(n.port, &["ROLE"]).starts_with("master")).map(|n| n.port).collect()
+    }
+
+    /// The port of the master serving `slot`.
+    pub fn master_of(&self, slot: u16) -> u16 {
+        let slots = redis_cli(self.any_port(), &["CLUSTER", "SLOTS"]);
+        // CLUSTER SLOTS through redis-cli prints start, end, ip, port, id, … per range.
+        let lines: Vec<&str> = slots.lines().collect();
+        let mut i = 0;
+        while i + 3 < lines.len() {
+            if let (Ok(start), Ok(end)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>())
+                && start <= slot
+                && slot <= end
+                && let Ok(port) = lines[i + 3].parse()
+            {
+                return port;
+            }
+            i += 1;
+        }
+        panic!("no master for slot {slot}: {slots}")
+    }
+
+    /// Promotes a replica of the master at `master_port` (CLUSTER FAILOVER) and
+    /// waits until it serves; returns the new master's port.
+    pub fn failover(&self, master_port: u16) -> u16 {
+        let topology = self.topology();
+        let master_id = topology.iter().find(|n| n.1 == master_port).map(|n| n.0.clone()).expect("master known");
+        let replica = topology.iter().find(|n| !n.2 && n.3 == master_id).map(|n| n.1).expect("the master has a replica");
+        assert_eq!(redis_cli(replica, &["CLUSTER", "FAILOVER"]), "OK");
+        wait_for("the replica to become master", START_DEADLINE, || redis_cli(replica, &["ROLE"]).starts_with("master"));
+        wait_for("the old master to become a replica", START_DEADLINE, || redis_cli(master_port, &["ROLE"]).starts_with("slave"));
+        self.wait_healthy();
+        replica
+    }
+
+    /// Moves `slot` (and its keys) to the master at `to_port`, the way
+    /// `redis-cli --cluster reshard` does it, one slot at a time.
+    pub fn move_slot(&self, slot: u16, to_port: u16) {
+        let from_port = self.master_of(slot);
+        assert_ne!(from_port, to_port, "slot already there");
+        let id_of = |port: u16| redis_cli(port, &["CLUSTER", "MYID"]);
+        let (from_id, to_id) = (id_of(from_port), id_of(to_port));
+        let slot_s = slot.to_string();
+        assert_eq!(redis_cli(to_port, &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]), "OK");
+        assert_eq!(redis_cli(from_port, &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]), "OK");
+        loop {
+            let keys = redis_cli(from_port, &["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"]);
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", "", "", "0", "5000", "KEYS"];
+            let port_s = to_port.to_string();
+            args[2] = &port_s;
+            let key_list: Vec<&str> = keys.lines().collect();
+            args.extend(key_list.iter());
+            let out = redis_cli(from_port, &args);
+            assert!(out == "OK" || out == "NOKEY", "MIGRATE answered {out}");
+        }
+        for node in self.topology().iter().filter(|n| n.2) {
+            redis_cli(node.1, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+        }
+        wait_for("the slot to move", START_DEADLINE, || self.master_of(slot) == to_port);
+    }
+}
