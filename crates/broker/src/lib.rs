@@ -41,6 +41,9 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// The broker lost its connection and is back (after re-subscribing and
     /// replaying what it missed).
     fn on_reconnect(&self) {}
+
+    /// A token id was revoked (the `tidings:revocations` channel).
+    fn on_revoked(&self, _jti: &str) {}
 }
 
 /// The handler of a process that only publishes and subscribes to nothing.
@@ -110,4 +113,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// True while the backing store answers.
     fn is_ready(&self) -> BoxFuture<'_, bool>;
+
+    /// Is this token id revoked (`tidings:revoked:<jti>`)?
+    fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
 }

@@ -27,6 +27,7 @@ struct WorkspaceLog {
 struct State {
     logs: HashMap<String, WorkspaceLog>,
     subscribed: HashSet<String>,
+    revoked: HashSet<String>,
 }
 
 /// An in-process broker with bounded history per workspace.
@@ -58,6 +59,15 @@ impl MemoryBroker {
     /// process); a second call is ignored and returns false.
     pub fn set_handler(&self, handler: Arc<dyn MessageHandler>) -> bool {
         self.handler.set(handler).is_ok()
+    }
+
+    /// Revokes a token id, as `SET tidings:revoked:<jti>` plus `PUBLISH
+    /// tidings:revocations <jti>` do on Redis (no expiry: a dev process is short-lived).
+    pub fn revoke(&self, jti: &str) {
+        self.lock().revoked.insert(jti.to_string());
+        if let Some(h) = self.handler.get() {
+            h.on_revoked(jti);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -168,6 +178,10 @@ impl Broker for MemoryBroker {
 
     fn is_ready(&self) -> BoxFuture<'_, bool> {
         ready(true).boxed()
+    }
+
+    fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        ready(Ok(self.lock().revoked.contains(jti))).boxed()
     }
 }
 

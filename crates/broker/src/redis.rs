@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{PubSubSink, PubSubStream};
-use tidings_protocol::keys::WorkspaceKeys;
+use tidings_protocol::keys::{REVOCATIONS_CHANNEL, WorkspaceKeys};
 use tidings_protocol::payloads::is_conflatable;
 use tidings_protocol::{Event, EventId};
 use tokio::time::timeout;
@@ -511,6 +511,7 @@ async fn connect_pubsub(client: &redis::Client, shared: &Arc<Shared>, replay: bo
     let pubsub = timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await.map_err(unavailable)?.map_err(unavailable)?;
     let (sink, stream) = pubsub.split();
     let mut sink = Subscriber::Single(sink);
+    sink.subscribe(REVOCATIONS_CHANNEL).await?;
     let mut state = shared.pubsub.lock().await;
     for workspace_id in state.wanted.keys() {
         sink.subscribe(&WorkspaceKeys::new(workspace_id, false).channel).await?;
@@ -535,6 +536,10 @@ async fn read_until_lost(mut stream: PubSubStream, shared: &std::sync::Weak<Shar
             msg = stream.next() => {
                 let Some(msg) = msg else { return };
                 let Some(state) = shared.upgrade() else { return };
+                if msg.get_channel_name() == REVOCATIONS_CHANNEL {
+                    state.handler.on_revoked(&String::from_utf8_lossy(msg.get_payload_bytes()));
+                    continue;
+                }
                 let Some(workspace_id) = workspace_of(msg.get_channel_name()) else { continue };
                 state.deliver(workspace_id, Bytes::copy_from_slice(msg.get_payload_bytes()));
             }
@@ -568,6 +573,12 @@ async fn cluster_pubsub_loop(
                 let mut sink = Subscriber::Cluster(conn);
                 let mut guard = state.pubsub.lock().await;
                 let mut failed = false;
+                if let Subscriber::Cluster(conn) = &mut sink
+                    && let Err(e) = timeout(COMMAND_TIMEOUT, conn.subscribe(REVOCATIONS_CHANNEL)).await.map_err(unavailable).and_then(|r| r.map_err(unavailable))
+                {
+                    tracing::warn!(error = %e, "subscribing to revocations failed");
+                    failed = true;
+                }
                 for workspace_id in guard.wanted.keys() {
                     if let Err(e) = sink.subscribe(&WorkspaceKeys::new(workspace_id, true).channel).await {
                         tracing::warn!(error = %e, "cluster ssubscribe failed");
@@ -597,6 +608,12 @@ async fn cluster_pubsub_loop(
         match push.kind {
             redis::PushKind::SMessage | redis::PushKind::Message => {
                 let (Some(channel), Some(payload)) = (channel, push.data.get(1)) else { continue };
+                if channel == REVOCATIONS_CHANNEL {
+                    if let Ok(jti) = redis::from_redis_value_ref::<String>(payload) {
+                        state.handler.on_revoked(&jti);
+                    }
+                    continue;
+                }
                 let Some(workspace_id) = workspace_of(&channel) else { continue };
                 if let Ok(bytes) = redis::from_redis_value_ref::<Vec<u8>>(payload) {
                     state.deliver(workspace_id, Bytes::from(bytes));
@@ -709,6 +726,14 @@ impl Broker for RedisBroker {
 
     fn is_ready(&self) -> BoxFuture<'_, bool> {
         self.ping().boxed()
+    }
+
+    fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        async move {
+            let n: i64 = self.shared.commands.query(redis::cmd("EXISTS").arg(tidings_protocol::keys::revoked(jti))).await?;
+            Ok(n > 0)
+        }
+        .boxed()
     }
 }
 

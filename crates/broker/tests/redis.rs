@@ -100,13 +100,13 @@ async fn subscriptions_follow_readers_and_never_cross_workspaces() {
     let (broker, seen) = broker(&redis, 100);
     ready(&broker).await;
     broker.subscribe("a").await.unwrap();
-    assert_eq!(redis.cli(&["PUBSUB", "CHANNELS"]), "workspace:a");
+    assert_eq!(redis.cli(&["PUBSUB", "CHANNELS", "workspace:*"]), "workspace:a");
     broker.publish(event("b", 1)).await.unwrap();
     broker.publish(event("a", 2)).await.unwrap();
     wait_until("a's message", || seen.len() == 1).await;
     assert_eq!(seen.seen.lock().unwrap()[0].0, "a");
     broker.unsubscribe("a").await.unwrap();
-    assert_eq!(redis.cli(&["PUBSUB", "CHANNELS"]), "");
+    assert_eq!(redis.cli(&["PUBSUB", "CHANNELS", "workspace:*"]), "");
     // A bare PUBLISH (live-only) from another service reaches subscribers, unstored.
     broker.subscribe("b").await.unwrap();
     redis.cli(&["PUBLISH", "workspace:b", r#"{"type":"log_line","workspace_id":"b","data":"hi"}"#]);
@@ -174,7 +174,7 @@ async fn a_redis_restart_turns_not_ready_then_ready_and_delivery_resumes() {
     redis.restart();
     ready(&broker).await;
     // The restarted Redis kept nothing; the broker re-subscribed by itself.
-    wait_until("resubscribed", || redis.cli(&["PUBSUB", "CHANNELS"]) == "workspace:w").await;
+    wait_until("resubscribed", || redis.cli(&["PUBSUB", "CHANNELS", "workspace:*"]) == "workspace:w").await;
     let id = broker.publish(event("w", 2)).await.unwrap().id.unwrap().to_string();
     wait_until("delivery after the restart", || seen.ids("w").contains(&id)).await;
 }

@@ -92,9 +92,9 @@ pub async fn run(
     on_ready: impl FnOnce(&DevInfo),
 ) -> anyhow::Result<()> {
     args.validate()?;
-    let jwt_secret = args.gateway.jwt_secret.clone().unwrap_or_else(random_secret);
+    let jwt_keys = args.gateway.key_source(Some(random_secret())).map_err(crate::UsageError)?;
     let publish_token = args.publish_token.clone().unwrap_or_else(random_secret);
-    let config = args.gateway.to_config(jwt_secret.clone(), args.instance_id.clone());
+    let config = args.gateway.to_config(jwt_keys.clone(), args.instance_id.clone());
 
     let registry = prometheus::Registry::new();
     let gateway_metrics = GatewayMetrics::register(&registry)?;
@@ -117,8 +117,16 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-    let claims = crate::token::claims("dev", "dev-user", DEV_TOKEN_TTL, None);
-    let token = tidings_gateway::auth::sign_hs256(&jwt_secret, &claims).context("signing the dev token")?;
+    node.verifier.warm_up().await;
+    // A ready-made token only when Tidings holds the signing secret; with a PEM
+    // key or JWKS, tokens come from the identity provider.
+    let (jwt_secret, token) = match &jwt_keys {
+        tidings_gateway::auth::KeySource::Secret(secret) => {
+            let claims = crate::token::claims("dev", "dev-user", DEV_TOKEN_TTL, None);
+            (secret.clone(), tidings_gateway::auth::sign_hs256(secret, &claims).context("signing the dev token")?)
+        }
+        _ => (String::new(), "<a token from your identity provider>".to_string()),
+    };
     on_ready(&DevInfo { base_url: format!("http://{host}:{}", addr.port()), jwt_secret, publish_token, token });
 
     let stop_metrics = CancellationToken::new();

@@ -24,10 +24,10 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Verifies `token` and checks it grants `requested` (or, without one, the
-/// token's own `workspace_id`).
-pub fn authorize(node: &Node, token: Option<&str>, requested: Option<&str>) -> Result<Access, ApiError> {
-    let claims = node.verifier.verify(token.ok_or(AuthError::Missing)?)?;
+/// Verifies `token`, refuses a revoked one, and checks it grants `requested`
+/// (or, without one, the token's own `workspace_id`).
+pub async fn authorize(node: &Node, token: Option<&str>, requested: Option<&str>) -> Result<Access, ApiError> {
+    let claims = verify_live(node, token.ok_or(AuthError::Missing)?).await?;
     let workspace_id = match requested.or(claims.workspace_id.as_deref()) {
         Some(w) => w.to_string(),
         None => return Err(ApiError::bad_request("workspace_id is required: the token names none")),
@@ -37,6 +37,18 @@ pub fn authorize(node: &Node, token: Option<&str>, requested: Option<&str>) -> R
         return Err(ApiError::forbidden_workspace(&workspace_id));
     }
     Ok(Access { claims, workspace_id })
+}
+
+/// Verifies a token and checks it is not revoked. Without Redis answering, a
+/// token with a `jti` cannot be checked and is refused with 503 (fail closed).
+pub async fn verify_live(node: &Node, token: &str) -> Result<Claims, ApiError> {
+    let claims = node.verifier.verify(token).await?;
+    if let Some(jti) = &claims.jti
+        && node.broker.is_revoked(jti).await?
+    {
+        return Err(AuthError::Revoked.into());
+    }
+    Ok(claims)
 }
 
 /// 403 unless the browser's `Origin` is allowed. Requests without `Origin`

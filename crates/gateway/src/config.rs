@@ -10,8 +10,10 @@ use std::time::Duration;
 pub struct GatewayConfig {
     /// The `server` name in `connected` messages.
     pub instance_id: String,
-    /// HS256 secret for client tokens.
-    pub jwt_secret: String,
+    /// Where token verification keys come from.
+    pub jwt_keys: crate::auth::KeySource,
+    /// Least time between two JWKS fetches triggered by unknown `kid`s.
+    pub jwks_refresh_interval: Duration,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     /// `None` = any origin.
@@ -37,7 +39,8 @@ impl GatewayConfig {
     pub fn new(jwt_secret: impl Into<String>) -> Self {
         Self {
             instance_id: default_instance_id(),
-            jwt_secret: jwt_secret.into(),
+            jwt_keys: crate::auth::KeySource::Secret(jwt_secret.into()),
+            jwks_refresh_interval: Duration::from_secs(5),
             jwt_issuer: None,
             jwt_audience: None,
             allowed_origins: None,
@@ -77,6 +80,12 @@ pub struct GatewayArgs {
     /// HS256 shared secret for client tokens.
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// PEM public key file (RS256/384/512, ES256/384, EdDSA) for client tokens.
+    #[arg(long, env = "TIDINGS_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// JWKS endpoint of the identity provider; keys cached, refreshed on an unknown `kid`.
+    #[arg(long, env = "TIDINGS_JWKS_URL")]
+    pub jwks_url: Option<String>,
     /// Required `iss` claim (unset = not checked).
     #[arg(long, env = "TIDINGS_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -113,11 +122,33 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    /// The config these options describe; `jwt_secret` must already be resolved.
-    pub fn to_config(&self, jwt_secret: String, instance_id: Option<String>) -> GatewayConfig {
+    /// The one key source the options name: a secret, a PEM file (read now) or
+    /// a JWKS URL. `fallback_secret` is used when none is given (`tidings dev`).
+    pub fn key_source(&self, fallback_secret: Option<String>) -> Result<crate::auth::KeySource, String> {
+        use crate::auth::KeySource;
+        let given = [self.jwt_secret.is_some(), self.jwt_public_key_file.is_some(), self.jwks_url.is_some()].iter().filter(|b| **b).count();
+        if given > 1 {
+            return Err("set only one of TIDINGS_JWT_SECRET, TIDINGS_JWT_PUBLIC_KEY_FILE and TIDINGS_JWKS_URL".into());
+        }
+        if let Some(path) = &self.jwt_public_key_file {
+            let pem = std::fs::read(path).map_err(|e| format!("TIDINGS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
+            crate::auth::bind_pem(&pem).map_err(|e| format!("TIDINGS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
+            return Ok(KeySource::PublicKeyPem(pem));
+        }
+        if let Some(url) = &self.jwks_url {
+            return Ok(KeySource::JwksUrl(url.clone()));
+        }
+        match self.jwt_secret.clone().or(fallback_secret) {
+            Some(secret) if !secret.is_empty() => Ok(KeySource::Secret(secret)),
+            _ => Err("one of TIDINGS_JWT_SECRET, TIDINGS_JWT_PUBLIC_KEY_FILE or TIDINGS_JWKS_URL is required".into()),
+        }
+    }
+
+    /// The config these options describe, with the key source already resolved.
+    pub fn to_config(&self, jwt_keys: crate::auth::KeySource, instance_id: Option<String>) -> GatewayConfig {
         GatewayConfig {
             instance_id: instance_id.unwrap_or_else(default_instance_id),
-            jwt_secret,
+            jwt_keys,
             jwt_issuer: self.jwt_issuer.clone(),
             jwt_audience: self.jwt_audience.clone(),
             allowed_origins: self.allowed_origins.as_deref().map(split_list),

@@ -45,7 +45,7 @@ pub async fn poll(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let params = params(query)?;
-    let access = authorize(&node, bearer(&headers), Some(&workspace_id))?;
+    let access = authorize(&node, bearer(&headers), Some(&workspace_id)).await?;
     let since = parse_since(params.since.as_deref())?;
     let filter = parse_filter(params.event_types.as_deref(), params.entity_refs.as_deref())?;
     let limit = match params.limit.as_deref() {
@@ -101,7 +101,7 @@ pub async fn sse(
     check_origin(&node, &headers)?;
     let params = params(query)?;
     let token = bearer(&headers).or(params.token.as_deref());
-    let access = authorize(&node, token, Some(&workspace_id))?;
+    let access = authorize(&node, token, Some(&workspace_id)).await?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let since = parse_since(last_event_id.or(params.since.as_deref()))?;
     let filter = parse_filter(params.event_types.as_deref(), params.entity_refs.as_deref())?;
@@ -169,7 +169,7 @@ pub async fn sse(
 /// `GET /v1/workspaces/{id}/latest`:
 /// `{"workspace_id":…,"entities":{"<entity_ref>":{"metrics_update":{…},"health_update":{…}}}}`.
 pub async fn latest(State(node): State<Arc<Node>>, Path(workspace_id): Path<String>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let access = authorize(&node, bearer(&headers), Some(&workspace_id))?;
+    let access = authorize(&node, bearer(&headers), Some(&workspace_id)).await?;
     let mut entities: Map<String, Value> = Map::new();
     for entry in node.broker.latest(&access.workspace_id).await? {
         let Ok(event) = serde_json::from_slice::<Value>(&entry.json) else { continue };

@@ -142,6 +142,16 @@ impl MessageHandler for Hub {
     fn on_reconnect(&self) {
         self.metrics.broker_reconnects.inc();
     }
+
+    fn on_revoked(&self, jti: &str) {
+        let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        for conn in map.values().flat_map(|c| c.values()) {
+            if conn.jti.as_deref() == Some(jti) {
+                tracing::info!(connection_id = %conn.connection_id, "token revoked, closing 4003");
+                conn.outbox.close(tidings_protocol::codes::close::FORBIDDEN, "token revoked");
+            }
+        }
+    }
 }
 
 /// Reads the routing fields of a broker message, refusing anything that is not

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

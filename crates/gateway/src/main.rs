@@ -38,15 +38,16 @@ fn main() -> ExitCode {
     let Some(redis_url) = args.redis_url.clone() else {
         return usage_error("TIDINGS_REDIS_URL is required (for one process without Redis, run `tidings dev`)");
     };
-    let Some(jwt_secret) = args.gateway.jwt_secret.clone() else {
-        return usage_error("TIDINGS_JWT_SECRET is required");
+    let jwt_keys = match args.gateway.key_source(None) {
+        Ok(keys) => keys,
+        Err(e) => return usage_error(&e),
     };
     if let Err(e) = check_redis_urls(&redis_url, args.redis_cluster) {
         return usage_error(&e);
     }
     init_logging(&args.process.log_format);
     let listen: SocketAddr = args.process.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
-    let config = args.gateway.to_config(jwt_secret, args.process.instance_id.clone());
+    let config = args.gateway.to_config(jwt_keys, args.process.instance_id.clone());
     let history_size = config.history_size;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
             Ok(Arc::new(RedisBroker::connect(RedisConfig { url: redis_url, cluster: args.redis_cluster, history_size }, hub)?)
                 as Arc<dyn Broker>)
         })?;
+        node.verifier.warm_up().await;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, server = %node.config.instance_id, "gateway listening");
         server::serve(listener, server::router(node.clone(), registry), node, shutdown_signal()).await?;

@@ -19,6 +19,15 @@ use crate::hub::{Connection, Hub, Transport};
 use crate::metrics::GatewayMetrics;
 use crate::outbox::Outbox;
 
+/// Why a node could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Key(#[from] crate::auth::KeyError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -91,11 +100,12 @@ impl Node {
         config: GatewayConfig,
         metrics: GatewayMetrics,
         connect_broker: impl FnOnce(Arc<dyn MessageHandler>) -> Result<Arc<dyn Broker>, BrokerError>,
-    ) -> Result<Arc<Self>, BrokerError> {
+    ) -> Result<Arc<Self>, NodeError> {
+        let verifier = Verifier::new(&config)?;
         let hub = Arc::new(Hub::new(metrics.clone()));
         let broker = connect_broker(hub.clone())?;
         Ok(Arc::new(Self {
-            verifier: Verifier::new(&config),
+            verifier,
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config,
             hub,

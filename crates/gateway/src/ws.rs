@@ -61,7 +61,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    match prepare_upgrade(&node, query, &headers) {
+    match prepare_upgrade(&node, query, &headers).await {
         Ok((setup, identity)) => {
             let ws = match ws {
                 Ok(ws) => ws,
@@ -96,7 +96,7 @@ fn refusal_label(e: &ApiError) -> &'static str {
     }
 }
 
-fn prepare_upgrade(
+async fn prepare_upgrade(
     node: &Node,
     query: Result<Query<ConnectParams>, QueryRejection>,
     headers: &HeaderMap,
@@ -124,7 +124,7 @@ fn prepare_upgrade(
         // First-message authentication after the upgrade.
         return Ok((setup, None));
     };
-    let access = authorize(node, Some(token), setup.requested_workspace.as_deref())?;
+    let access = authorize(node, Some(token), setup.requested_workspace.as_deref()).await?;
     let admission = node.admit(&access.claims.sub)?;
     Ok((setup, Some((access, admission))))
 }
@@ -162,7 +162,7 @@ async fn first_message_auth(node: &Node, stream: &mut Stream, requested: Option<
     let Ok(ClientMessage::Auth { token, .. }) = parse_client_message(&text) else {
         return Err(policy("the first message must be an auth message".into()));
     };
-    let access = authorize(node, Some(&token), requested).map_err(|e| policy(e.message))?;
+    let access = authorize(node, Some(&token), requested).await.map_err(|e| policy(e.message))?;
     let admission = node.admit(&access.claims.sub).map_err(|r| match r {
         crate::node::Refusal::Draining => (close::DRAINING, r.to_string()),
         _ => (close::TRY_AGAIN_LATER, r.to_string()),
@@ -473,7 +473,7 @@ impl Session {
                     Err(e) => self.reply(ServerMessage::error(error::UNAVAILABLE, e.to_string(), id)),
                 }
             }
-            ClientMessage::Auth { id, token } => match self.node.verifier.verify(&token) {
+            ClientMessage::Auth { id, token } => match crate::access::verify_live(&self.node, &token).await {
                 Ok(claims) if claims.sub == self.claims.sub && claims.allows(&conn.workspace_id) => {
                     self.refreshed_exp = Some(claims.exp);
                     let expires_at = expires_at(claims.exp);
@@ -485,7 +485,7 @@ impl Session {
                     "the new token must have the same sub and grant this connection's workspace",
                     id,
                 )),
-                Err(e) => self.reply(ServerMessage::error(e.code(), e.to_string(), id)),
+                Err(e) => self.reply(ServerMessage::error(e.code, e.message, id)),
             },
         }
     }
