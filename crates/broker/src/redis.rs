@@ -574,7 +574,10 @@ async fn cluster_pubsub_loop(
                 let mut guard = state.pubsub.lock().await;
                 let mut failed = false;
                 if let Subscriber::Cluster(conn) = &mut sink
-                    && let Err(e) = timeout(COMMAND_TIMEOUT, conn.subscribe(REVOCATIONS_CHANNEL)).await.map_err(unavailable).and_then(|r| r.map_err(unavailable))
+                    && let Err(e) = timeout(COMMAND_TIMEOUT, conn.subscribe(REVOCATIONS_CHANNEL))
+                        .await
+                        .map_err(unavailable)
+                        .and_then(|r| r.map_err(unavailable))
                 {
                     tracing::warn!(error = %e, "subscribing to revocations failed");
                     failed = true;

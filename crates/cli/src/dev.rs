@@ -48,6 +48,7 @@ pub struct DevArgs {
 impl DevArgs {
     /// Checks what clap cannot, so that bad values stop the program before it binds.
     pub fn validate(&self) -> Result<(), crate::UsageError> {
+        self.gateway.key_source(Some("placeholder".into())).map_err(crate::UsageError)?;
         tidings_protocol::event::validate_workspace_id(&self.metrics_workspace)
             .map_err(|e| crate::UsageError(format!("TIDINGS_METRICS_WORKSPACE: {e}")))
     }

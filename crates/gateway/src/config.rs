@@ -86,6 +86,9 @@ pub struct GatewayArgs {
     /// JWKS endpoint of the identity provider; keys cached, refreshed on an unknown `kid`.
     #[arg(long, env = "TIDINGS_JWKS_URL")]
     pub jwks_url: Option<String>,
+    /// Least seconds between two JWKS fetches caused by unknown `kid`s.
+    #[arg(long, env = "TIDINGS_JWKS_MIN_REFRESH_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub jwks_min_refresh_secs: u64,
     /// Required `iss` claim (unset = not checked).
     #[arg(long, env = "TIDINGS_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -149,6 +152,7 @@ impl GatewayArgs {
         GatewayConfig {
             instance_id: instance_id.unwrap_or_else(default_instance_id),
             jwt_keys,
+            jwks_refresh_interval: Duration::from_secs(self.jwks_min_refresh_secs),
             jwt_issuer: self.jwt_issuer.clone(),
             jwt_audience: self.jwt_audience.clone(),
             allowed_origins: self.allowed_origins.as_deref().map(split_list),

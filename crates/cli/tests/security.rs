@@ -1,0 +1,312 @@
+//! Security refusals against real gateway processes on a real Redis: keys
+//! bound to their algorithms (PEM and JWKS), `alg: none` and algorithm
+//! confusion, key rotation, and revocation by `jti` across gateways.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tidings_gateway::auth::{Audience, Claims, unix_now};
+use tidings_testkit::{TestRedis, free_port, wait_for, workspace_binary};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Gateway {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_status(url: &str) -> Option<u16> {
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).parse().ok()
+}
+
+fn gateway(redis: &TestRedis, env: &[(&str, String)]) -> Gateway {
+    let port = free_port();
+    let mut cmd = Command::new(workspace_binary("tidings-gateway"));
+    cmd.env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIDINGS_REDIS_URL", redis.url())
+        .env_remove("TIDINGS_JWT_SECRET")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let gw = Gateway { child: cmd.spawn().unwrap(), port };
+    wait_for("gateway ready", WAIT, || http_status(&format!("http://127.0.0.1:{port}/readyz")) == Some(200));
+    gw
+}
+
+/// `(status, error code)` of a refused upgrade, or `(101, "")` when connected.
+async fn try_connect(gw: &Gateway, token: &str) -> (u16, String) {
+    let url = format!("ws://127.0.0.1:{}/ws?token={token}&workspace_id=acme", gw.port);
+    match tokio_tungstenite::connect_async(&url).await {
+        Ok(_) => (101, String::new()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            let body: Value = r.body().as_ref().map(|b| serde_json::from_slice(b).unwrap()).unwrap_or(Value::Null);
+            (r.status().as_u16(), body["error"]["code"].as_str().unwrap_or("").to_string())
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn claims() -> Claims {
+    Claims {
+        sub: "u".into(),
+        exp: unix_now() + 600,
+        nbf: None,
+        iat: None,
+        jti: None,
+        iss: Some("idp".into()),
+        aud: Some(Audience::One("tidings".into())),
+        workspace_id: Some("acme".into()),
+        workspaces: None,
+    }
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A fresh key pair: (private PEM, public PEM path).
+fn keypair(dir: &Path, name: &str, genpkey: &[&str]) -> (Vec<u8>, PathBuf) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(genpkey);
+    args.extend(["-out", private.to_str().unwrap()]);
+    openssl(&args);
+    openssl(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+    (std::fs::read(&private).unwrap(), public)
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, claims: &Claims, kid: Option<&str>) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(String::from);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn encoding_key(alg: Algorithm, pem: &[u8]) -> EncodingKey {
+    match alg {
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => EncodingKey::from_rsa_pem(pem).unwrap(),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem).unwrap(),
+        _ => EncodingKey::from_ed_pem(pem).unwrap(),
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An unsigned token: `{"alg":"none"}`.
+fn alg_none(claims: &Claims) -> String {
+    format!("{}.{}.", b64url(br#"{"alg":"none","typ":"JWT"}"#), b64url(serde_json::to_string(claims).unwrap().as_bytes()))
+}
+
+#[tokio::test]
+async fn pem_keys_accept_only_their_own_algorithm_and_claims() {
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("rsa", vec!["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"], vec![Algorithm::RS256, Algorithm::RS512]),
+        ("ec256", vec!["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"], vec![Algorithm::ES256]),
+        ("ec384", vec!["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"], vec![Algorithm::ES384]),
+        ("ed", vec!["-algorithm", "ED25519"], vec![Algorithm::EdDSA]),
+    ];
+    let (other_private, _) = keypair(dir.path(), "other-rsa", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    for (name, genpkey, algorithms) in cases {
+        let (private, public) = keypair(dir.path(), name, &genpkey);
+        let gw = gateway(
+            &redis,
+            &[
+                ("TIDINGS_JWT_PUBLIC_KEY_FILE", public.display().to_string()),
+                ("TIDINGS_JWT_ISSUER", "idp".into()),
+                ("TIDINGS_JWT_AUDIENCE", "tidings".into()),
+            ],
+        );
+        for alg in &algorithms {
+            let token = sign(*alg, &encoding_key(*alg, &private), &claims(), None);
+            assert_eq!(try_connect(&gw, &token).await, (101, String::new()), "{name} {alg:?}");
+        }
+        let alg = algorithms[0];
+        let key = encoding_key(alg, &private);
+        let mut expired = claims();
+        expired.exp = unix_now() - 60;
+        let mut early = claims();
+        early.nbf = Some(unix_now() + 600);
+        let mut wrong_iss = claims();
+        wrong_iss.iss = Some("evil".into());
+        let mut wrong_aud = claims();
+        wrong_aud.aud = Some(Audience::One("other".into()));
+        let public_pem = std::fs::read(&public).unwrap();
+        let refusals = [
+            (sign(alg, &key, &expired, None), "token_expired"),
+            (sign(alg, &key, &early, None), "token_not_yet_valid"),
+            (sign(alg, &key, &wrong_iss, None), "token_wrong_issuer"),
+            (sign(alg, &key, &wrong_aud, None), "token_wrong_audience"),
+            (alg_none(&claims()), "token_invalid"),
+            // Algorithm confusion: HS256 keyed with the public key the gateway trusts.
+            (sign(Algorithm::HS256, &EncodingKey::from_secret(&public_pem), &claims(), None), "token_invalid"),
+            // The right algorithm family, but another key.
+            (
+                sign(Algorithm::RS256, &EncodingKey::from_rsa_pem(&other_private).unwrap(), &claims(), None),
+                if name == "rsa" { "token_bad_signature" } else { "token_invalid" },
+            ),
+        ];
+        for (token, code) in refusals {
+            assert_eq!(try_connect(&gw, &token).await, (401, code.to_string()), "{name}: {code}");
+        }
+    }
+}
+
+/// A JWKS endpoint whose key set the test changes, counting fetches.
+struct Jwks {
+    url: String,
+    keys: Arc<Mutex<Value>>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn jwks_server() -> Jwks {
+    let keys = Arc::new(Mutex::new(json!({"keys": []})));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (k, h) = (keys.clone(), hits.clone());
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let (k, h) = (k.clone(), h.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                axum::Json(k.lock().unwrap().clone())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Jwks { url, keys, hits }
+}
+
+/// An Ed25519 key as a JWK with `kid`: its raw public key is the last 32 bytes of the SPKI DER.
+fn ed_jwk(dir: &Path, kid: &str) -> (EncodingKey, Value) {
+    let (private, public) = keypair(dir, kid, &["-algorithm", "ED25519"]);
+    let der = dir.join(format!("{kid}.der"));
+    openssl(&["pkey", "-pubin", "-in", public.to_str().unwrap(), "-outform", "DER", "-out", der.to_str().unwrap()]);
+    let der = std::fs::read(der).unwrap();
+    let x = b64url(&der[der.len() - 32..]);
+    (EncodingKey::from_ed_pem(&private).unwrap(), json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig"}))
+}
+
+#[tokio::test]
+async fn jwks_keys_rotate_without_restart_and_unknown_kids_cannot_hammer_the_provider() {
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = jwks_server().await;
+    let (key_a, jwk_a) = ed_jwk(dir.path(), "a");
+    let (key_b, jwk_b) = ed_jwk(dir.path(), "b");
+    *jwks.keys.lock().unwrap() = json!({ "keys": [jwk_a.clone()] });
+    let gw = gateway(
+        &redis,
+        &[
+            ("TIDINGS_JWKS_URL", jwks.url.clone()),
+            ("TIDINGS_JWKS_MIN_REFRESH_SECS", "1".into()),
+            ("TIDINGS_JWT_ISSUER", "idp".into()),
+            ("TIDINGS_JWT_AUDIENCE", "tidings".into()),
+        ],
+    );
+    let token_a = sign(Algorithm::EdDSA, &key_a, &claims(), Some("a"));
+    let token_b = sign(Algorithm::EdDSA, &key_b, &claims(), Some("b"));
+    assert_eq!(try_connect(&gw, &token_a).await.0, 101);
+    assert_eq!(try_connect(&gw, &token_b).await, (401, "token_bad_signature".to_string()), "kid b unknown");
+    assert_eq!(try_connect(&gw, &sign(Algorithm::EdDSA, &key_a, &claims(), None)).await, (401, "token_invalid".to_string()), "no kid");
+
+    // A flood of unknown kids within one refresh interval costs at most one fetch.
+    let before = jwks.hits.load(Ordering::SeqCst);
+    let started = Instant::now();
+    for i in 0..40 {
+        let token = sign(Algorithm::EdDSA, &key_b, &claims(), Some(&format!("bogus-{i}")));
+        assert_eq!(try_connect(&gw, &token).await.0, 401);
+    }
+    let fetched = jwks.hits.load(Ordering::SeqCst) - before;
+    let allowed = 1 + started.elapsed().as_secs() as usize;
+    assert!(fetched <= allowed, "{fetched} JWKS fetches for 40 unknown kids in {:?}", started.elapsed());
+
+    // Rotation: b appears, a goes away; no restart.
+    *jwks.keys.lock().unwrap() = json!({ "keys": [jwk_b] });
+    let deadline = Instant::now() + WAIT;
+    while try_connect(&gw, &token_b).await.0 != 101 {
+        assert!(Instant::now() < deadline, "rotated key b never accepted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(try_connect(&gw, &token_a).await.0, 401, "the removed key a no longer verifies");
+}
+
+#[tokio::test]
+async fn revoking_a_jti_closes_it_on_every_gateway_and_refuses_it_after() {
+    let redis = TestRedis::start();
+    let secret = [("TIDINGS_JWT_SECRET", "revocation-secret".to_string())];
+    let gw1 = gateway(&redis, &secret);
+    let gw2 = gateway(&redis, &secret);
+    let token = |jti: &str| {
+        let mut c = claims();
+        c.iss = None;
+        c.aud = None;
+        c.jti = Some(jti.into());
+        tidings_gateway::auth::sign_hs256("revocation-secret", &c).unwrap()
+    };
+    let connect = |gw: &Gateway, t: String| {
+        let url = format!("ws://127.0.0.1:{}/ws?token={t}", gw.port);
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            let hello = ws.next().await.unwrap().unwrap();
+            assert!(hello.to_text().unwrap().contains("connected"));
+            ws
+        }
+    };
+    let mut doomed1 = connect(&gw1, token("j-1")).await;
+    let mut doomed2 = connect(&gw2, token("j-1")).await;
+    let mut other = connect(&gw1, token("j-2")).await;
+
+    redis.cli(&["SET", "tidings:revoked:j-1", "1", "EX", "600"]);
+    let revoked_at = Instant::now();
+    redis.cli(&["PUBLISH", "tidings:revocations", "j-1"]);
+    for ws in [&mut doomed1, &mut doomed2] {
+        let code = loop {
+            match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(code, Some(4003));
+    }
+    assert!(revoked_at.elapsed() < Duration::from_secs(1), "closed within a second: {:?}", revoked_at.elapsed());
+
+    other.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
+    let pong = loop {
+        match other.next().await.unwrap().unwrap() {
+            Message::Text(t) => break t,
+            _ => continue,
+        }
+    };
+    assert!(pong.contains("pong"), "another token's connection is untouched");
+    assert_eq!(try_connect(&gw2, &token("j-1")).await, (401, "token_revoked".to_string()));
+}
