@@ -239,3 +239,33 @@ async fn metrics_pass_promtool_check() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
 }
+
+#[tokio::test]
+async fn oversized_and_malformed_publishes_are_refused_and_publish_nothing() {
+    let dev = start_dev(&[]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/workspaces/dev/events", dev.base);
+    let huge = json!({"type": "big", "data": "x".repeat(2 * 1024 * 1024)});
+    let cases: [(reqwest::RequestBuilder, u16); 5] = [
+        (http.post(&url).bearer_auth(&dev.publish_token).json(&huge), 413),
+        (http.post(&url).bearer_auth(&dev.publish_token).body("{not json"), 400),
+        (http.post(&url).bearer_auth(&dev.publish_token).json(&json!({"type": "Bad Type"})), 400),
+        (http.post(&url).bearer_auth(&dev.publish_token).json(&json!([{"type": "ok"}, {"type": "metrics_update", "data": {}}])), 400),
+        (http.post(&url).json(&json!({"type": "ok"})), 401),
+    ];
+    for (request, status) in cases {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if status != 413 {
+            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        }
+    }
+    // Nothing of the above was stored: the history holds only what follows.
+    let ok = http.post(&url).bearer_auth(&dev.publish_token).json(&json!({"type": "ok"})).send().await.unwrap();
+    assert_eq!(ok.status(), 202);
+    let token = dev.token.clone();
+    let page: Value = http.get(format!("{url}?limit=1000")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    let types: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).filter(|t| *t != "metrics_update").collect();
+    assert_eq!(types, ["ok"]);
+}

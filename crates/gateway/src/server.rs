@@ -13,6 +13,8 @@ use prometheus::Registry;
 use tidings_protocol::codes::error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::error::ApiError;
 use crate::node::Node;
@@ -21,18 +23,28 @@ use crate::{admin, http, ws};
 /// Time allowed, past the drain period, for the last close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest a plain request (not a stream) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body a gateway endpoint reads (they are all GETs).
+pub const MAX_REQUEST_BODY: usize = 16 * 1024;
+
 /// Every gateway endpoint of SPEC §3.1. `registry` backs `/metrics`.
 pub fn router(node: Arc<Node>, registry: Registry) -> Router {
-    let api = Router::new()
-        .route("/ws", get(ws::upgrade))
+    // Plain request/response endpoints get a deadline; the WebSocket and SSE
+    // streams live as long as their connection.
+    let plain = Router::new()
         .route("/v1/workspaces/{id}/events", get(http::poll))
-        .route("/v1/workspaces/{id}/events/stream", get(http::sse))
         .route("/v1/workspaces/{id}/latest", get(http::latest))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
+        .with_state(node.clone())
+        .merge(Router::new().route("/metrics", get(admin::metrics)).with_state(registry))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
+    let streams = Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/v1/workspaces/{id}/events/stream", get(http::sse))
         .with_state(node);
-    let metrics = Router::new().route("/metrics", get(admin::metrics)).with_state(registry);
-    api.merge(metrics).fallback(not_found)
+    plain.merge(streams).layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY)).fallback(not_found)
 }
 
 /// JSON 404 for unknown paths.

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tower_http::timeout::TimeoutLayer;
 use axum::routing::{get, post};
 use tidings_broker::Broker;
 
@@ -53,8 +55,15 @@ impl Publisher {
 /// `POST /v1/workspaces/{id}/events`.
 pub fn api_router(publisher: Arc<Publisher>) -> Router {
     let limit = publisher.config.max_body_bytes;
-    Router::new().route("/v1/workspaces/{id}/events", post(publish::publish)).layer(DefaultBodyLimit::max(limit)).with_state(publisher)
+    Router::new()
+        .route("/v1/workspaces/{id}/events", post(publish::publish))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .with_state(publisher)
 }
+
+/// Longest a publish request may take (reading the body and storing every event).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The publish API plus `/healthz`, `/readyz` and `/metrics`.
 pub fn router(publisher: Arc<Publisher>, registry: prometheus::Registry) -> Router {
