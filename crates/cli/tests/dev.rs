@@ -266,6 +266,7 @@ async fn oversized_and_malformed_publishes_are_refused_and_publish_nothing() {
     assert_eq!(ok.status(), 202);
     let token = dev.token.clone();
     let page: Value = http.get(format!("{url}?limit=1000")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-    let types: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).filter(|t| *t != "metrics_update").collect();
+    let types: Vec<&str> =
+        page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).filter(|t| *t != "metrics_update").collect();
     assert_eq!(types, ["ok"]);
 }

@@ -39,14 +39,21 @@ fn http_status(url: &str) -> Option<u16> {
 }
 
 fn gateway(redis: &TestRedis, env: &[(&str, String)]) -> Gateway {
+    gateway_logging_to(redis, env, None)
+}
+
+fn gateway_logging_to(redis: &TestRedis, env: &[(&str, String)], log: Option<&Path>) -> Gateway {
     let port = free_port();
     let mut cmd = Command::new(workspace_binary("tidings-gateway"));
     cmd.env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
         .env("TIDINGS_REDIS_URL", redis.url())
         .env_remove("TIDINGS_JWT_SECRET")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", if log.is_some() { "trace" } else { "warn" })
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        });
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -309,4 +316,29 @@ async fn revoking_a_jti_closes_it_on_every_gateway_and_refuses_it_after() {
     };
     assert!(pong.contains("pong"), "another token's connection is untouched");
     assert_eq!(try_connect(&gw2, &token("j-1")).await, (401, "token_revoked".to_string()));
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let gw = gateway_logging_to(&redis, &[("TIDINGS_JWT_SECRET", "log-secret".to_string())], Some(&log));
+    let mut c = claims();
+    c.iss = None;
+    c.aud = None;
+    let good = tidings_gateway::auth::sign_hs256("log-secret", &c).unwrap();
+    let bad = tidings_gateway::auth::sign_hs256("wrong-secret", &c).unwrap();
+    assert_eq!(try_connect(&gw, &good).await.0, 101);
+    assert_eq!(try_connect(&gw, &bad).await.0, 401);
+    let sse = format!("http://127.0.0.1:{}/v1/workspaces/acme/events/stream?token={bad}", gw.port);
+    assert_eq!(http_status(&sse), Some(401));
+    drop(gw); // flushes and closes the log
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.is_empty(), "trace logging produced output");
+    for (name, token) in [("good", &good), ("bad", &bad)] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!text.contains(signature), "the {name} token's signature appears in the log");
+    }
+    assert!(!text.contains("log-secret"), "the secret appears in the log");
 }

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use tower_http::timeout::TimeoutLayer;
 use axum::routing::{get, post};
 use tidings_broker::Broker;
+use tower_http::timeout::TimeoutLayer;
 
 pub use metrics::PublisherMetrics;
 
