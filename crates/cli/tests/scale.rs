@@ -5,48 +5,21 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
 use tidings_protocol::EventId;
-use tidings_testkit::{TestCluster, TestRedis, free_port, wait_for, workspace_binary};
+use tidings_testkit::{ServerProcess, TestCluster, TestRedis, http_status, wait_for};
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "scale-secret";
 const PUBLISH_TOKEN: &str = "scale-publish-token";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A server process on a free port, killed when dropped.
-struct Proc {
-    child: Child,
-    port: u16,
-}
-
-impl Proc {
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
-
-fn http_status(url: &str) -> Option<u16> {
-    // A blocking probe from a plain thread keeps the test's runtime free.
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).parse().ok()
-}
+type Proc = ServerProcess;
 
 /// Where the processes find Redis: one server, or a cluster's seed list.
 trait Backend {
@@ -85,24 +58,16 @@ impl Backend for TestCluster {
 }
 
 fn spawn(binary: &str, redis: &dyn Backend, name: &str) -> Proc {
-    let port = free_port();
-    let child = Command::new(workspace_binary(binary))
-        .env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TIDINGS_REDIS_URL", redis.url())
-        .env("TIDINGS_REDIS_CLUSTER", redis.cluster().to_string())
-        .env("TIDINGS_JWT_SECRET", SECRET)
-        .env("TIDINGS_PUBLISH_TOKEN", PUBLISH_TOKEN)
-        .env("TIDINGS_INSTANCE_ID", name)
-        .env("TIDINGS_DRAIN_SECS", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc = Proc { child, port };
-    let url = format!("{}/readyz", proc.base());
-    wait_for(&format!("{name} ready"), WAIT, || http_status(&url) == Some(200));
-    proc
+    let env = [
+        ("TIDINGS_REDIS_URL", redis.url()),
+        ("TIDINGS_REDIS_CLUSTER", redis.cluster().to_string()),
+        ("TIDINGS_JWT_SECRET", SECRET.to_string()),
+        ("TIDINGS_PUBLISH_TOKEN", PUBLISH_TOKEN.to_string()),
+        ("TIDINGS_INSTANCE_ID", name.to_string()),
+        ("TIDINGS_DRAIN_SECS", "1".to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    ServerProcess::start(binary, &env, None)
 }
 
 fn token(workspace: &str) -> String {
@@ -253,7 +218,7 @@ async fn a_gateway_killed_mid_stream_loses_nothing_for_clients_that_reconnect_wi
         let e = next_json(&mut client.ws).await.unwrap();
         received.push(e["id"].as_str().unwrap().to_string());
     }
-    gw1.sigkill();
+    gw1.kill();
     // Drain what was in flight, then reconnect elsewhere with since = last seen.
     while let Some(e) = next_json(&mut client.ws).await {
         received.push(e["id"].as_str().unwrap().to_string());

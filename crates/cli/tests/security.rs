@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,50 +16,21 @@ use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tidings_gateway::auth::{Audience, Claims, unix_now};
-use tidings_testkit::{TestRedis, free_port, wait_for, workspace_binary};
+use tidings_testkit::{ServerProcess, TestRedis, http_status};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Gateway {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_status(url: &str) -> Option<u16> {
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).parse().ok()
-}
+type Gateway = ServerProcess;
 
 fn gateway(redis: &TestRedis, env: &[(&str, String)]) -> Gateway {
     gateway_logging_to(redis, env, None)
 }
 
 fn gateway_logging_to(redis: &TestRedis, env: &[(&str, String)], log: Option<&Path>) -> Gateway {
-    let port = free_port();
-    let mut cmd = Command::new(workspace_binary("tidings-gateway"));
-    cmd.env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TIDINGS_REDIS_URL", redis.url())
-        .env_remove("TIDINGS_JWT_SECRET")
-        .env("RUST_LOG", if log.is_some() { "trace" } else { "warn" })
-        .stdout(Stdio::null())
-        .stderr(match log {
-            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
-            None => Stdio::null(),
-        });
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let gw = Gateway { child: cmd.spawn().unwrap(), port };
-    wait_for("gateway ready", WAIT, || http_status(&format!("http://127.0.0.1:{port}/readyz")) == Some(200));
-    gw
+    let mut all = vec![("TIDINGS_REDIS_URL", redis.url()), ("RUST_LOG", if log.is_some() { "trace" } else { "warn" }.to_string())];
+    all.extend(env.iter().cloned());
+    ServerProcess::start("tidings-gateway", &all, log)
 }
 
 /// `(status, error code)` of a refused upgrade, or `(101, "")` when connected.

@@ -296,3 +296,62 @@ impl TestCluster {
         wait_for("the slot to move", START_DEADLINE, || self.master_of(slot) == to_port);
     }
 }
+
+/// The status code of `GET url` (plain `http://host:port/path`), or None when
+/// nothing answers within two seconds. Raw HTTP/1.1, so tests need no client.
+pub fn http_status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host).ok()?.next()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// A server process of the workspace on a free port, killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts `binary` with `TIDINGS_LISTEN` on a free port plus `env`, and
+    /// waits until `/readyz` answers 200. `log` receives stderr when given.
+    pub fn start(binary: &str, env: &[(&str, String)], log: Option<&Path>) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(workspace_binary(binary));
+        cmd.env("TIDINGS_LISTEN", format!("127.0.0.1:{port}")).env_remove("TIDINGS_JWT_SECRET").stdout(Stdio::null());
+        match log {
+            Some(path) => cmd.stderr(Stdio::from(std::fs::File::create(path).expect("log file"))),
+            None => cmd.stderr(Stdio::null()),
+        };
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let process = Self { child: cmd.spawn().expect("spawn server"), port };
+        let ready = format!("{}/readyz", process.base());
+        wait_for(&format!("{binary} ready"), START_DEADLINE, || http_status(&ready) == Some(200));
+        process
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
