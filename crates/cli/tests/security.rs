@@ -313,3 +313,90 @@ async fn tokens_never_reach_the_logs() {
     }
     assert!(!text.contains("log-secret"), "the secret appears in the log");
 }
+
+/// Sends a frame and reads until the close frame; returns its code.
+async fn close_code_after(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn limits_and_refusals_on_a_real_gateway() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let redis = TestRedis::start();
+    let gw = gateway(
+        &redis,
+        &[
+            ("TIDINGS_JWT_SECRET", "limits-secret".to_string()),
+            ("TIDINGS_ALLOWED_ORIGINS", "https://dash.example".to_string()),
+            ("TIDINGS_CLIENT_RATE", "5".to_string()),
+            ("TIDINGS_MAX_CONNECTIONS_PER_USER", "2".to_string()),
+            ("TIDINGS_MAX_MESSAGE_BYTES", "1024".to_string()),
+        ],
+    );
+    let mut c = claims();
+    c.iss = None;
+    c.aud = None;
+    let token = tidings_gateway::auth::sign_hs256("limits-secret", &c).unwrap();
+    let url = |extra: &str| format!("ws://127.0.0.1:{}/ws?token={token}{extra}", gw.port);
+
+    // Foreign workspace, bad origin.
+    assert_eq!(
+        try_connect(
+            &gw,
+            &tidings_gateway::auth::sign_hs256("limits-secret", &Claims { workspace_id: Some("other".into()), ..c.clone() }).unwrap()
+        )
+        .await,
+        (403, "workspace_forbidden".into())
+    );
+    let mut request = url("").into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
+        other => panic!("bad origin accepted: {other:?}"),
+    }
+
+    // Per-user cap: two connections, the third is 429.
+    let (mut first, _) = tokio_tungstenite::connect_async(url("")).await.unwrap();
+    let (mut second, _) = tokio_tungstenite::connect_async(url("")).await.unwrap();
+    match tokio_tungstenite::connect_async(url("")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 429);
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        other => panic!("third connection accepted: {other:?}"),
+    }
+
+    // Oversized frame: 1009 for that connection only.
+    first.send(Message::Text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4096)).into())).await.unwrap();
+    assert_eq!(close_code_after(&mut first).await, Some(1009));
+
+    // Message flood: rate_limited errors, then 4008.
+    for _ in 0..40 {
+        second.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
+    }
+    let mut rate_limited = false;
+    let code = loop {
+        match tokio::time::timeout(WAIT, second.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => rate_limited |= t.contains("rate_limited"),
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(rate_limited);
+    assert_eq!(code, Some(4008));
+
+    // First-message authentication that never comes: 1008 after the 5 s deadline.
+    let (mut silent, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?workspace_id=acme", gw.port)).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(close_code_after(&mut silent).await, Some(1008));
+    assert!(started.elapsed() >= Duration::from_secs(4), "closed at the deadline, not before");
+}
