@@ -116,4 +116,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Is this token id revoked (`tidings:revoked:<jti>`)?
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
+
+    /// Claims a webhook delivery (`SET tidings:dedup:<source>:<delivery> NX EX 24h`):
+    /// true the first time, false for a redelivery.
+    fn claim_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
+
+    /// Forgets a claimed delivery whose publish failed, so the sender's retry works.
+    fn release_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
 }
+
+/// How long a webhook delivery id is remembered.
+pub const DEDUP_TTL_SECS: u64 = 24 * 3600;

@@ -28,6 +28,8 @@ struct State {
     logs: HashMap<String, WorkspaceLog>,
     subscribed: HashSet<String>,
     revoked: HashSet<String>,
+    /// Webhook delivery keys and when they expire.
+    deliveries: HashMap<String, std::time::Instant>,
 }
 
 /// An in-process broker with bounded history per workspace.
@@ -182,6 +184,23 @@ impl Broker for MemoryBroker {
 
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
         ready(Ok(self.lock().revoked.contains(jti))).boxed()
+    }
+
+    fn claim_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let now = std::time::Instant::now();
+        let mut state = self.lock();
+        state.deliveries.retain(|_, expires| *expires > now);
+        let key = tidings_protocol::keys::dedup(source, delivery);
+        let fresh = !state.deliveries.contains_key(&key);
+        if fresh {
+            state.deliveries.insert(key, now + std::time::Duration::from_secs(crate::DEDUP_TTL_SECS));
+        }
+        ready(Ok(fresh)).boxed()
+    }
+
+    fn release_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.lock().deliveries.remove(&tidings_protocol::keys::dedup(source, delivery));
+        ready(Ok(())).boxed()
     }
 }
 

@@ -731,6 +731,24 @@ impl Broker for RedisBroker {
         self.ping().boxed()
     }
 
+    fn claim_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        async move {
+            let key = tidings_protocol::keys::dedup(source, delivery);
+            let set: Option<String> =
+                self.shared.commands.query(redis::cmd("SET").arg(key).arg("1").arg("NX").arg("EX").arg(crate::DEDUP_TTL_SECS)).await?;
+            Ok(set.is_some())
+        }
+        .boxed()
+    }
+
+    fn release_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            let _: i64 = self.shared.commands.query(redis::cmd("DEL").arg(tidings_protocol::keys::dedup(source, delivery))).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
         async move {
             let n: i64 = self.shared.commands.query(redis::cmd("EXISTS").arg(tidings_protocol::keys::revoked(jti))).await?;

@@ -14,7 +14,7 @@ use tidings_gateway::config::GatewayArgs;
 use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
 use tidings_gateway::{Node, server};
 use tidings_process::{init_logging, shutdown_signal};
-use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
+use tidings_publisher::{Publisher, PublisherMetrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,8 @@ pub struct DevArgs {
     pub log_format: String,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub webhooks: tidings_publisher::WebhookArgs,
     /// Bearer token of the publish API (default: a random one, printed on start).
     #[arg(long, env = "TIDINGS_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
@@ -49,6 +51,7 @@ impl DevArgs {
     /// Checks what clap cannot, so that bad values stop the program before it binds.
     pub fn validate(&self) -> Result<(), crate::UsageError> {
         self.gateway.key_source(Some("placeholder".into())).map_err(crate::UsageError)?;
+        self.webhooks.to_config(String::new()).map_err(|e| crate::UsageError(e.to_string()))?;
         tidings_protocol::event::validate_workspace_id(&self.metrics_workspace)
             .map_err(|e| crate::UsageError(format!("TIDINGS_METRICS_WORKSPACE: {e}")))
     }
@@ -108,7 +111,7 @@ pub async fn run(
         Ok(memory.clone() as Arc<dyn Broker>)
     })?;
     let publisher = Publisher::new(
-        PublisherConfig { publish_token: publish_token.clone(), max_body_bytes: tidings_publisher::DEFAULT_MAX_BODY_BYTES },
+        args.webhooks.to_config(publish_token.clone()).map_err(|e| crate::UsageError(e.to_string()))?,
         node.broker.clone(),
         publisher_metrics,
     );

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run gateway, publisher and host metrics in one process, no Redis needed.
-    Dev(dev::DevArgs),
+    Dev(Box<dev::DevArgs>),
     /// Print an HS256 token signed with TIDINGS_JWT_SECRET.
     Token(token::TokenArgs),
     /// Publish one durable event and print its id.
@@ -31,7 +31,7 @@ pub enum Command {
 /// Runs a parsed command; errors print one line and exit 1 (2 for bad options).
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Dev(args) => dev::main(args),
+        Command::Dev(args) => dev::main(*args),
         Command::Token(args) => token::main(args),
         Command::Publish(args) => publish::main(args),
     };

@@ -8,6 +8,8 @@
 pub mod host_metrics;
 pub mod metrics;
 pub mod publish;
+pub mod routes;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -31,6 +33,48 @@ pub struct PublisherConfig {
     /// Bearer token of the HTTP publish API.
     pub publish_token: String,
     pub max_body_bytes: usize,
+    /// `TIDINGS_GITHUB_WEBHOOK_SECRET`; unset = `/webhooks/github` answers 404.
+    pub github_secret: Option<String>,
+    /// `TIDINGS_ROUTES_FILE`, parsed.
+    pub routes: routes::Routes,
+}
+
+/// Webhook options, shared by `tidings-publisher` and `tidings dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// Secret of the GitHub webhook (`X-Hub-Signature-256`); unset = the endpoint answers 404.
+    #[arg(long, env = "TIDINGS_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub github_webhook_secret: Option<String>,
+    /// TOML file: which workspace receives which webhook's events.
+    #[arg(long, env = "TIDINGS_ROUTES_FILE")]
+    pub routes_file: Option<std::path::PathBuf>,
+}
+
+impl WebhookArgs {
+    /// The publisher config these options describe; a bad routes file is an error naming its place.
+    pub fn to_config(&self, publish_token: String) -> Result<PublisherConfig, routes::RoutesError> {
+        let routes = match &self.routes_file {
+            Some(path) => routes::Routes::load(path)?,
+            None => routes::Routes::default(),
+        };
+        Ok(PublisherConfig {
+            github_secret: self.github_webhook_secret.clone().filter(|s| !s.is_empty()),
+            routes,
+            ..PublisherConfig::new(publish_token)
+        })
+    }
+}
+
+impl PublisherConfig {
+    /// The publish API alone, no webhooks.
+    pub fn new(publish_token: impl Into<String>) -> Self {
+        Self {
+            publish_token: publish_token.into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            github_secret: None,
+            routes: routes::Routes::default(),
+        }
+    }
 }
 
 /// Shared state of the publish endpoints.
@@ -57,6 +101,7 @@ pub fn api_router(publisher: Arc<Publisher>) -> Router {
     let limit = publisher.config.max_body_bytes;
     Router::new()
         .route("/v1/workspaces/{id}/events", post(publish::publish))
+        .route("/webhooks/github", post(webhooks::http::github))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .with_state(publisher)

@@ -9,7 +9,7 @@ use clap::Parser;
 use tidings_broker::redis::check_redis_urls;
 use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
 use tidings_process::{init_logging, parse_args_or_exit, shutdown_signal};
-use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
+use tidings_publisher::{Publisher, PublisherMetrics};
 use tokio_util::sync::CancellationToken;
 
 /// Turns webhooks, host metrics and HTTP publishes into Tidings events.
@@ -37,6 +37,8 @@ struct Args {
     /// Host metrics period in milliseconds.
     #[arg(long, env = "TIDINGS_METRICS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     metrics_interval_ms: u64,
+    #[command(flatten)]
+    webhooks: tidings_publisher::WebhookArgs,
     /// Log line format.
     #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -63,6 +65,10 @@ fn main() -> ExitCode {
     if let Err(e) = check_redis_urls(&redis_url, args.redis_cluster) {
         return usage_error(&e);
     }
+    let config = match args.webhooks.to_config(publish_token) {
+        Ok(config) => config,
+        Err(e) => return usage_error(&e.to_string()),
+    };
     init_logging(&args.log_format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -80,11 +86,7 @@ fn main() -> ExitCode {
             RedisConfig { url: redis_url, cluster: args.redis_cluster, history_size: args.history_size as usize },
             Arc::new(PublishOnly),
         )?);
-        let publisher = Publisher::new(
-            PublisherConfig { publish_token, max_body_bytes: tidings_publisher::DEFAULT_MAX_BODY_BYTES },
-            broker.clone(),
-            metrics,
-        );
+        let publisher = Publisher::new(config, broker.clone(), metrics);
         let stop = CancellationToken::new();
         if let Some(workspace) = args.metrics_workspace.clone() {
             let interval = Duration::from_millis(args.metrics_interval_ms);

@@ -7,6 +7,7 @@ pub struct PublisherMetrics {
     pub events_published: IntCounterVec,
     pub publish_latency: Histogram,
     pub publish_requests: IntCounterVec,
+    pub webhooks: IntCounterVec,
 }
 
 impl PublisherMetrics {
@@ -21,6 +22,9 @@ impl PublisherMetrics {
         registry.register(Box::new(events_published.clone()))?;
         registry.register(Box::new(publish_latency.clone()))?;
         registry.register(Box::new(publish_requests.clone()))?;
-        Ok(Self { events_published, publish_latency, publish_requests })
+        let webhooks =
+            IntCounterVec::new(Opts::new("tidings_webhooks_total", "Webhook deliveries, by source and result."), &["source", "result"])?;
+        registry.register(Box::new(webhooks.clone()))?;
+        Ok(Self { events_published, publish_latency, publish_requests, webhooks })
     }
 }

@@ -1,0 +1,124 @@
+//! The HTTP edge of the webhook sources: credential check on the raw bytes,
+//! parse, route, exactly-once claim, publish (SPEC §5).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tidings_protocol::Event;
+use tidings_protocol::codes::error;
+
+use super::{Parsed, WebhookError, github};
+use crate::Publisher;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct WebhookQuery {
+    /// Routes the delivery to this workspace, whatever the routes file says.
+    pub workspace_id: Option<String>,
+}
+
+fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let mut response = (status, Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /webhooks/github`.
+pub async fn github(
+    State(publisher): State<Arc<Publisher>>,
+    query: Result<Query<WebhookQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(secret) = publisher.config.github_secret.clone() else {
+        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, "the GitHub webhook is not configured");
+    };
+    let Ok(Query(query)) = query else {
+        return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
+    };
+    let (result, response) = handle(&publisher, "github", query, &headers, &body, |headers, body| {
+        github::verify(&secret, header_str(headers, "x-hub-signature-256"), body)?;
+        let event = header_str(headers, "x-github-event").ok_or_else(|| WebhookError::BadRequest("missing X-GitHub-Event".into()))?;
+        let parsed = github::parse(event, body)?;
+        Ok((parsed, header_str(headers, "x-github-delivery").map(String::from)))
+    })
+    .await;
+    publisher.metrics.webhooks.with_label_values(&["github", result]).inc();
+    response
+}
+
+/// Shared by every source once its own checks and parsing are done.
+async fn handle(
+    publisher: &Publisher,
+    source: &str,
+    query: WebhookQuery,
+    headers: &HeaderMap,
+    body: &[u8],
+    parse: impl FnOnce(&HeaderMap, &[u8]) -> Result<(Parsed, Option<String>), WebhookError>,
+) -> (&'static str, Response) {
+    let (parsed, delivery) = match parse(headers, body) {
+        Ok(p) => p,
+        Err(WebhookError::Unauthorized(m)) => return ("unauthorized", error_response(StatusCode::UNAUTHORIZED, error::UNAUTHORIZED, m)),
+        Err(WebhookError::BadRequest(m)) => return ("invalid", error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, m)),
+    };
+    let (subject, drafts) = match parsed {
+        Parsed::Ping => return ("ping", (StatusCode::OK, Json(json!({ "ok": true }))).into_response()),
+        Parsed::Ignored { kind } => {
+            let body = json!({ "published": 0, "reason": format!("event kind {kind:?} is not mapped") });
+            return ("ignored", (StatusCode::ACCEPTED, Json(body)).into_response());
+        }
+        Parsed::Events { subject, events } => (subject, events),
+    };
+    if let Some(w) = &query.workspace_id
+        && let Err(e) = tidings_protocol::event::validate_workspace_id(w)
+    {
+        return ("invalid", error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, format!("workspace_id: {e}")));
+    }
+    let Some(destination) = publisher.config.routes.route(&subject, query.workspace_id.as_deref()) else {
+        return ("no_route", (StatusCode::ACCEPTED, Json(json!({ "published": 0, "reason": "no route" }))).into_response());
+    };
+    // Sources without a delivery id are de-duplicated by the hash of the body.
+    let delivery = delivery.unwrap_or_else(|| Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect());
+    match publisher.broker.claim_delivery(source, &delivery).await {
+        Ok(true) => {}
+        Ok(false) => return ("duplicate", (StatusCode::OK, Json(json!({ "duplicate": true }))).into_response()),
+        Err(e) => return ("unavailable", error_response(StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE, e.to_string())),
+    }
+    let mut ids = Vec::new();
+    for draft in drafts {
+        let mut event = Event::new(draft.event_type, destination.workspace_id.clone(), draft.data);
+        event.entity_ref = destination.entity_ref.clone();
+        event.timestamp = Some(tidings_protocol::timestamp::now_rfc3339());
+        if let Err(e) = event.validate() {
+            let _ = publisher.broker.release_delivery(source, &delivery).await;
+            return ("invalid", error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, e.to_string()));
+        }
+        let event_type = event.event_type.clone();
+        match publisher.broker.publish(event).await {
+            Ok(stored) => {
+                publisher.metrics.events_published.with_label_values(&[&event_type]).inc();
+                ids.push(stored.id.map(|i| i.to_string()).unwrap_or_default());
+            }
+            Err(e) => {
+                // Let the sender's retry publish it (events of one delivery are
+                // few; a retry may repeat the ones stored before the failure).
+                let _ = publisher.broker.release_delivery(source, &delivery).await;
+                return ("unavailable", error_response(StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE, e.to_string()));
+            }
+        }
+    }
+    ("published", (StatusCode::ACCEPTED, Json(json!({ "published": ids.len(), "ids": ids }))).into_response())
+}
