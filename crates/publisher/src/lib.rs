@@ -35,6 +35,8 @@ pub struct PublisherConfig {
     pub max_body_bytes: usize,
     /// `TIDINGS_GITHUB_WEBHOOK_SECRET`; unset = `/webhooks/github` answers 404.
     pub github_secret: Option<String>,
+    /// `TIDINGS_GITLAB_WEBHOOK_TOKEN`; unset = `/webhooks/gitlab` answers 404.
+    pub gitlab_token: Option<String>,
     /// `TIDINGS_ROUTES_FILE`, parsed.
     pub routes: routes::Routes,
 }
@@ -45,6 +47,9 @@ pub struct WebhookArgs {
     /// Secret of the GitHub webhook (`X-Hub-Signature-256`); unset = the endpoint answers 404.
     #[arg(long, env = "TIDINGS_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
     pub github_webhook_secret: Option<String>,
+    /// Token GitLab sends in `X-Gitlab-Token`; unset = the endpoint answers 404.
+    #[arg(long, env = "TIDINGS_GITLAB_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub gitlab_webhook_token: Option<String>,
     /// TOML file: which workspace receives which webhook's events.
     #[arg(long, env = "TIDINGS_ROUTES_FILE")]
     pub routes_file: Option<std::path::PathBuf>,
@@ -72,6 +77,7 @@ impl PublisherConfig {
             publish_token: publish_token.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             github_secret: None,
+            gitlab_token: None,
             routes: routes::Routes::default(),
         }
     }
@@ -102,6 +108,7 @@ pub fn api_router(publisher: Arc<Publisher>) -> Router {
     Router::new()
         .route("/v1/workspaces/{id}/events", post(publish::publish))
         .route("/webhooks/github", post(webhooks::http::github))
+        .route("/webhooks/gitlab", post(webhooks::http::gitlab))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .with_state(publisher)

@@ -4,6 +4,7 @@
 //! ```toml
 //! [[route]]
 //! repository = "acme/*"                    # GitHub repository (glob: `*` matches any run)
+//! # or: gitlab_project = "platform/*"       # GitLab project path
 //! workspace = "acme"
 //! entity_ref = "component:default/{name}" # {owner}, {name}, {repository}; default as shown
 //! ```
@@ -15,6 +16,8 @@ use serde::Deserialize;
 pub struct Subject {
     /// `owner/name` of a GitHub repository.
     pub repository: Option<String>,
+    /// `group/…/name` path of a GitLab project.
+    pub gitlab_project: Option<String>,
 }
 
 /// Where a webhook's events go.
@@ -28,6 +31,7 @@ pub struct Destination {
 #[serde(deny_unknown_fields)]
 struct Rule {
     repository: Option<String>,
+    gitlab_project: Option<String>,
     workspace: String,
     entity_ref: Option<String>,
 }
@@ -58,8 +62,8 @@ impl Routes {
         for (i, rule) in file.route.iter().enumerate() {
             let at = |m: String| RoutesError(format!("route {} (workspace {:?}): {m}", i + 1, rule.workspace));
             tidings_protocol::event::validate_workspace_id(&rule.workspace).map_err(|e| at(e.to_string()))?;
-            if rule.repository.is_none() {
-                return Err(at("a route needs a matcher (repository)".into()));
+            if rule.repository.is_none() && rule.gitlab_project.is_none() {
+                return Err(at("a route needs a matcher (repository or gitlab_project)".into()));
             }
             if let Some(template) = &rule.entity_ref {
                 let probe = expand(template, "owner", "name");
@@ -77,12 +81,15 @@ impl Routes {
     /// The destination of the first matching rule; `override_workspace`
     /// (`?workspace_id=`) wins over the rule's workspace, and routes alone.
     pub fn route(&self, subject: &Subject, override_workspace: Option<&str>) -> Option<Destination> {
-        let rule = self.rules.iter().find(|r| match (&r.repository, &subject.repository) {
-            (Some(pattern), Some(repo)) => glob_match(&pattern.to_lowercase(), &repo.to_lowercase()),
+        let matches = |pattern: &Option<String>, value: &Option<String>| match (pattern, value) {
+            (Some(pattern), Some(value)) => glob_match(&pattern.to_lowercase(), &value.to_lowercase()),
             _ => false,
-        });
-        let entity_ref = subject.repository.as_deref().and_then(|repo| {
-            let (owner, name) = repo.split_once('/')?;
+        };
+        let rule =
+            self.rules.iter().find(|r| matches(&r.repository, &subject.repository) || matches(&r.gitlab_project, &subject.gitlab_project));
+        let entity_ref = subject.repository.as_deref().or(subject.gitlab_project.as_deref()).and_then(|repo| {
+            // GitLab paths may nest groups: the owner is everything before the last segment.
+            let (owner, name) = repo.rsplit_once('/')?;
             let template = rule.and_then(|r| r.entity_ref.as_deref()).unwrap_or(DEFAULT_ENTITY_REF);
             tidings_protocol::event::normalize_entity_ref(&expand(template, owner, name)).ok()
         });
@@ -143,7 +150,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let subject = |r: &str| Subject { repository: Some(r.into()) };
+        let subject = |r: &str| Subject { repository: Some(r.into()), ..Subject::default() };
         assert_eq!(
             routes.route(&subject("acme/payments-api"), None),
             Some(Destination { workspace_id: "payments".into(), entity_ref: Some("component:payments/payments-api".into()) })

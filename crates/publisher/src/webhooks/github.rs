@@ -100,7 +100,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, WebhookError> {
     if !payload.is_object() {
         return Err(WebhookError::BadRequest("body is not a JSON object".into()));
     }
-    let subject = Subject { repository: field(&payload, &["repository", "full_name"]) };
+    let subject = Subject { repository: field(&payload, &["repository", "full_name"]), ..Subject::default() };
     let draft = match event {
         "workflow_run" => {
             let r = &payload["workflow_run"];

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tidings_protocol::Event;
 use tidings_protocol::codes::error;
 
-use super::{Parsed, WebhookError, github};
+use super::{Parsed, WebhookError, github, gitlab};
 use crate::Publisher;
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +57,32 @@ pub async fn github(
     })
     .await;
     publisher.metrics.webhooks.with_label_values(&["github", result]).inc();
+    response
+}
+
+/// `POST /webhooks/gitlab`.
+pub async fn gitlab(
+    State(publisher): State<Arc<Publisher>>,
+    query: Result<Query<WebhookQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(token) = publisher.config.gitlab_token.clone() else {
+        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, "the GitLab webhook is not configured");
+    };
+    let Ok(Query(query)) = query else {
+        return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
+    };
+    let (result, response) = handle(&publisher, "gitlab", query, &headers, &body, |headers, body| {
+        gitlab::verify(&token, header_str(headers, "x-gitlab-token"))?;
+        let event = header_str(headers, "x-gitlab-event").ok_or_else(|| WebhookError::BadRequest("missing X-Gitlab-Event".into()))?;
+        let parsed = gitlab::parse(event, body)?;
+        // Idempotency-Key survives retries; older GitLab only has the event UUID.
+        let delivery = header_str(headers, "idempotency-key").or_else(|| header_str(headers, "x-gitlab-event-uuid"));
+        Ok((parsed, delivery.map(String::from)))
+    })
+    .await;
+    publisher.metrics.webhooks.with_label_values(&["gitlab", result]).inc();
     response
 }
 

@@ -3,6 +3,7 @@
 //! and publishes.
 
 pub mod github;
+pub mod gitlab;
 pub mod http;
 
 use serde_json::Value;
