@@ -292,3 +292,52 @@ async fn tidings_publish_writes_straight_to_redis() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(redis.cli(&["XLEN", "workspace:acme:events"]), "1");
 }
+
+#[tokio::test]
+async fn a_signed_github_deployment_status_reaches_a_websocket_client_of_the_routed_workspace() {
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, "[[route]]\nrepository = \"Codertocat/*\"\nworkspace = \"acme\"\n").unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../publisher/tests/fixtures/github");
+    let deliveries: Value = serde_json::from_slice(&std::fs::read(fixtures.join("_deliveries.json")).unwrap()).unwrap();
+    let secret = deliveries["secret"].as_str().unwrap().to_string();
+
+    let gw = spawn("tidings-gateway", &redis, "gw-1");
+    let env = [
+        ("TIDINGS_REDIS_URL", redis.url()),
+        ("TIDINGS_PUBLISH_TOKEN", PUBLISH_TOKEN.to_string()),
+        ("TIDINGS_GITHUB_WEBHOOK_SECRET", secret),
+        ("TIDINGS_ROUTES_FILE", routes.display().to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let publisher = ServerProcess::start("tidings-publisher", &env, None);
+    let mut client = connect(&gw, "acme", None).await.unwrap();
+    let mut other = connect(&gw, "other", None).await.unwrap();
+
+    let file = "deployment_status.created.json";
+    let mut request =
+        reqwest::Client::new().post(format!("{}/webhooks/github", publisher.base())).body(std::fs::read(fixtures.join(file)).unwrap());
+    for (k, v) in deliveries["deliveries"][file]["headers"].as_object().unwrap() {
+        request = request.header(k.as_str(), v.as_str().unwrap());
+    }
+    let r = request.send().await.unwrap();
+    assert_eq!(r.status(), 202);
+
+    let e = next_json(&mut client.ws).await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["workspace_id"].as_str(), e["entity_ref"].as_str()),
+        (Some("deployment_update"), Some("acme"), Some("component:default/hello-world"))
+    );
+    let d = &e["data"]["deployment"];
+    assert_eq!(
+        (d["status"].as_str(), d["environment"].as_str(), d["version"].as_str()),
+        (Some("success"), Some("production"), Some("master"))
+    );
+    assert_eq!(d["commit"], "f95f852bd8fca8fcc58a9a2d6c842781e32a215e");
+    assert_eq!(d["url"], "https://github.com/Codertocat/Hello-World/deployments");
+
+    // The other workspace got nothing: its next event is one published for it.
+    publish(&publisher, "other", json!({"type": "marker"})).await;
+    assert_eq!(next_json(&mut other.ws).await.unwrap()["type"], "marker");
+}

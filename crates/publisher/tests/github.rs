@@ -94,6 +94,7 @@ fn every_fixture_maps_to_the_expected_event() {
         )
     );
     assert_eq!((&d["start_time"], &d["end_time"]), (&json!("2019-05-15T15:20:53Z"), &json!("2019-05-15T15:20:55Z")));
+    assert_eq!(d["url"], "https://github.com/Codertocat/Hello-World/deployments", "built when the status has no link");
 
     let (_, e) = p("deployment_status.created.gh-pages.json");
     assert_eq!(e["data"]["deployment"]["status"], "in_progress");

@@ -162,7 +162,11 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, WebhookError> {
             if matches!(status, "success" | "failed" | "cancelled") {
                 dep["end_time"] = json!(required(&payload, &["deployment_status", "created_at"])?);
             }
-            let url = ["log_url", "target_url", "environment_url"].iter().find_map(|k| field(s, &[k]).filter(|u| !u.is_empty()));
+            // The status's own links first; else the repository's deployments page.
+            let url = ["log_url", "target_url", "environment_url"]
+                .iter()
+                .find_map(|k| field(s, &[k]).filter(|u| !u.is_empty()))
+                .or_else(|| field(&payload, &["repository", "html_url"]).map(|r| format!("{r}/deployments")));
             if let Some(url) = url {
                 dep["url"] = json!(url);
             }
