@@ -37,6 +37,10 @@ pub struct PublisherConfig {
     pub github_secret: Option<String>,
     /// `TIDINGS_GITLAB_WEBHOOK_TOKEN`; unset = `/webhooks/gitlab` answers 404.
     pub gitlab_token: Option<String>,
+    /// `TIDINGS_BACKSTAGE_WEBHOOK_TOKEN`; unset = `/webhooks/backstage` answers 404.
+    pub backstage_token: Option<String>,
+    /// `TIDINGS_ARGOCD_WEBHOOK_TOKEN`; unset = `/webhooks/argocd` answers 404.
+    pub argocd_token: Option<String>,
     /// `TIDINGS_ROUTES_FILE`, parsed.
     pub routes: routes::Routes,
 }
@@ -50,6 +54,12 @@ pub struct WebhookArgs {
     /// Token GitLab sends in `X-Gitlab-Token`; unset = the endpoint answers 404.
     #[arg(long, env = "TIDINGS_GITLAB_WEBHOOK_TOKEN", hide_env_values = true)]
     pub gitlab_webhook_token: Option<String>,
+    /// Bearer token the Backstage forwarder sends; unset = the endpoint answers 404.
+    #[arg(long, env = "TIDINGS_BACKSTAGE_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub backstage_webhook_token: Option<String>,
+    /// Bearer token Argo CD notifications send; unset = the endpoint answers 404.
+    #[arg(long, env = "TIDINGS_ARGOCD_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub argocd_webhook_token: Option<String>,
     /// TOML file: which workspace receives which webhook's events.
     #[arg(long, env = "TIDINGS_ROUTES_FILE")]
     pub routes_file: Option<std::path::PathBuf>,
@@ -78,6 +88,8 @@ impl PublisherConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             github_secret: None,
             gitlab_token: None,
+            backstage_token: None,
+            argocd_token: None,
             routes: routes::Routes::default(),
         }
     }
@@ -109,6 +121,8 @@ pub fn api_router(publisher: Arc<Publisher>) -> Router {
         .route("/v1/workspaces/{id}/events", post(publish::publish))
         .route("/webhooks/github", post(webhooks::http::github))
         .route("/webhooks/gitlab", post(webhooks::http::gitlab))
+        .route("/webhooks/backstage", post(webhooks::http::backstage))
+        .route("/webhooks/argocd", post(webhooks::http::argocd))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .with_state(publisher)

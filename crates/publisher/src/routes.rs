@@ -5,6 +5,8 @@
 //! [[route]]
 //! repository = "acme/*"                    # GitHub repository (glob: `*` matches any run)
 //! # or: gitlab_project = "platform/*"       # GitLab project path
+//! # or: backstage_entity = "component:default/*"  # Backstage entity ref
+//! # or: argocd_app = "guestbook*"           # Argo CD application name
 //! workspace = "acme"
 //! entity_ref = "component:default/{name}" # {owner}, {name}, {repository}; default as shown
 //! ```
@@ -18,6 +20,10 @@ pub struct Subject {
     pub repository: Option<String>,
     /// `group/…/name` path of a GitLab project.
     pub gitlab_project: Option<String>,
+    /// The ref of a Backstage entity (`component:default/checkout`).
+    pub backstage_entity: Option<String>,
+    /// The name of an Argo CD application.
+    pub argocd_app: Option<String>,
 }
 
 /// Where a webhook's events go.
@@ -32,6 +38,8 @@ pub struct Destination {
 struct Rule {
     repository: Option<String>,
     gitlab_project: Option<String>,
+    backstage_entity: Option<String>,
+    argocd_app: Option<String>,
     workspace: String,
     entity_ref: Option<String>,
 }
@@ -62,8 +70,8 @@ impl Routes {
         for (i, rule) in file.route.iter().enumerate() {
             let at = |m: String| RoutesError(format!("route {} (workspace {:?}): {m}", i + 1, rule.workspace));
             tidings_protocol::event::validate_workspace_id(&rule.workspace).map_err(|e| at(e.to_string()))?;
-            if rule.repository.is_none() && rule.gitlab_project.is_none() {
-                return Err(at("a route needs a matcher (repository or gitlab_project)".into()));
+            if rule.repository.is_none() && rule.gitlab_project.is_none() && rule.backstage_entity.is_none() && rule.argocd_app.is_none() {
+                return Err(at("a route needs a matcher (repository, gitlab_project, backstage_entity or argocd_app)".into()));
             }
             if let Some(template) = &rule.entity_ref {
                 let probe = expand(template, "owner", "name");
@@ -85,14 +93,21 @@ impl Routes {
             (Some(pattern), Some(value)) => glob_match(&pattern.to_lowercase(), &value.to_lowercase()),
             _ => false,
         };
-        let rule =
-            self.rules.iter().find(|r| matches(&r.repository, &subject.repository) || matches(&r.gitlab_project, &subject.gitlab_project));
-        let entity_ref = subject.repository.as_deref().or(subject.gitlab_project.as_deref()).and_then(|repo| {
+        let rule = self.rules.iter().find(|r| {
+            matches(&r.repository, &subject.repository)
+                || matches(&r.gitlab_project, &subject.gitlab_project)
+                || matches(&r.backstage_entity, &subject.backstage_entity)
+                || matches(&r.argocd_app, &subject.argocd_app)
+        });
+        // A Backstage entity is its own ref; an Argo CD app fills `{name}`.
+        let argocd = subject.argocd_app.as_ref().map(|app| format!("argocd/{app}"));
+        let templated = subject.repository.as_deref().or(subject.gitlab_project.as_deref()).or(argocd.as_deref()).and_then(|repo| {
             // GitLab paths may nest groups: the owner is everything before the last segment.
             let (owner, name) = repo.rsplit_once('/')?;
             let template = rule.and_then(|r| r.entity_ref.as_deref()).unwrap_or(DEFAULT_ENTITY_REF);
             tidings_protocol::event::normalize_entity_ref(&expand(template, owner, name)).ok()
         });
+        let entity_ref = subject.backstage_entity.clone().or(templated);
         let workspace_id = override_workspace.map(String::from).or_else(|| rule.map(|r| r.workspace.clone()))?;
         Some(Destination { workspace_id, entity_ref })
     }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tidings_protocol::Event;
 use tidings_protocol::codes::error;
 
-use super::{Parsed, WebhookError, github, gitlab};
+use super::{Parsed, WebhookError, argocd, backstage, github, gitlab};
 use crate::Publisher;
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +83,61 @@ pub async fn gitlab(
     })
     .await;
     publisher.metrics.webhooks.with_label_values(&["gitlab", result]).inc();
+    response
+}
+
+/// The `Authorization: Bearer` token of a request, checked in constant time.
+fn check_bearer(expected: &str, headers: &HeaderMap) -> Result<(), WebhookError> {
+    let value = header_str(headers, "authorization").ok_or_else(|| WebhookError::Unauthorized("missing Authorization: Bearer".into()))?;
+    let token = value.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, t)| t.trim());
+    match token {
+        Some(t) if crate::publish::constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(WebhookError::Unauthorized("wrong bearer token".into())),
+    }
+}
+
+/// `POST /webhooks/backstage`.
+pub async fn backstage(
+    State(publisher): State<Arc<Publisher>>,
+    query: Result<Query<WebhookQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(token) = publisher.config.backstage_token.clone() else {
+        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, "the Backstage webhook is not configured");
+    };
+    let Ok(Query(query)) = query else {
+        return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
+    };
+    let (result, response) = handle(&publisher, "backstage", query, &headers, &body, |headers, body| {
+        check_bearer(&token, headers)?;
+        Ok((backstage::parse(body)?, backstage::event_id(body)))
+    })
+    .await;
+    publisher.metrics.webhooks.with_label_values(&["backstage", result]).inc();
+    response
+}
+
+/// `POST /webhooks/argocd`.
+pub async fn argocd(
+    State(publisher): State<Arc<Publisher>>,
+    query: Result<Query<WebhookQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(token) = publisher.config.argocd_token.clone() else {
+        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, "the Argo CD webhook is not configured");
+    };
+    let Ok(Query(query)) = query else {
+        return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
+    };
+    let (result, response) = handle(&publisher, "argocd", query, &headers, &body, |headers, body| {
+        check_bearer(&token, headers)?;
+        // No delivery id: the body hash de-duplicates retries.
+        Ok((argocd::parse(body)?, None))
+    })
+    .await;
+    publisher.metrics.webhooks.with_label_values(&["argocd", result]).inc();
     response
 }
 

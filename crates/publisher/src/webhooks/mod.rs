@@ -2,6 +2,8 @@
 //! function; `http.rs` is the thin edge that verifies, routes, de-duplicates
 //! and publishes.
 
+pub mod argocd;
+pub mod backstage;
 pub mod github;
 pub mod gitlab;
 pub mod http;

@@ -1,0 +1,59 @@
+//! Backstage catalog history events (`@backstage/plugin-catalog-backend-module-history`)
+//! → `entity_update`. Accepts the events-bus envelope `{topic, eventPayload, metadata}`
+//! or a bare `CatalogHistoryEvent`, both spellings of the id (`eventId`, `id`),
+//! and `entityJson` as an object or a JSON string. Location events are not mapped.
+
+use serde_json::{Value, json};
+
+use super::{Draft, Parsed, WebhookError};
+use crate::routes::Subject;
+
+/// The delivery's Backstage event id, for de-duplication.
+pub fn event_id(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let event = if v.get("eventPayload").is_some() { &v["eventPayload"] } else { &v };
+    match event.get("eventId").or_else(|| event.get("id"))? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub fn parse(body: &[u8]) -> Result<Parsed, WebhookError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| WebhookError::BadRequest(format!("body is not JSON: {e}")))?;
+    let event = if v.get("eventPayload").is_some() { &v["eventPayload"] } else { &v };
+    let event_type = event["eventType"].as_str().ok_or_else(|| WebhookError::BadRequest("missing eventType".into()))?;
+    let change_type = match event_type {
+        "entity_created" => "created",
+        "entity_updated" => "updated",
+        "entity_deleted" => "deleted",
+        other => return Ok(Parsed::Ignored { kind: other.to_string() }),
+    };
+    let entity = match &event["entityJson"] {
+        Value::String(s) => serde_json::from_str(s).map_err(|e| WebhookError::BadRequest(format!("entityJson is not JSON: {e}")))?,
+        other => other.clone(),
+    };
+    let entity_ref = event["entityRef"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| {
+            let kind = entity["kind"].as_str()?;
+            let namespace = entity["metadata"]["namespace"].as_str().unwrap_or("default");
+            Some(format!("{kind}:{namespace}/{}", entity["metadata"]["name"].as_str()?))
+        })
+        .ok_or_else(|| WebhookError::BadRequest("neither entityRef nor entityJson names the entity".into()))?;
+    let entity_ref = tidings_protocol::event::normalize_entity_ref(&entity_ref).map_err(|e| WebhookError::BadRequest(e.to_string()))?;
+    let (kind, rest) = entity_ref.split_once(':').unwrap_or_default();
+    let (namespace, name) = rest.split_once('/').unwrap_or_default();
+    // The entity's own casing where the body has it (refs are stored lower-case).
+    let data = json!({
+        "kind": entity["kind"].as_str().unwrap_or(kind),
+        "namespace": entity["metadata"]["namespace"].as_str().unwrap_or(namespace),
+        "name": entity["metadata"]["name"].as_str().unwrap_or(name),
+        "change_type": change_type,
+        "entity": entity,
+    });
+    let repository = entity["metadata"]["annotations"]["github.com/project-slug"].as_str().map(String::from);
+    let subject = Subject { backstage_entity: Some(entity_ref), repository, ..Subject::default() };
+    Ok(Parsed::Events { subject, events: vec![Draft { event_type: "entity_update", data }] })
+}
