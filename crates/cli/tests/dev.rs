@@ -190,7 +190,9 @@ async fn tidings_publish_and_token_work_against_dev() {
 
 #[test]
 fn bad_options_exit_2_with_one_line_before_binding() {
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 7] = [
+        &["dev", "--routes-file", "/nonexistent/routes.toml", "--listen", "127.0.0.1:0"],
+        &["dev", "--jwt-secret", "s", "--jwks-url", "https://idp.example/jwks", "--listen", "127.0.0.1:0"],
         &["dev", "--no-such-option"],
         &["dev", "--history-size", "0"],
         &["dev", "--listen", "not-an-address"],

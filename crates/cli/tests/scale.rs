@@ -340,4 +340,24 @@ async fn a_signed_github_deployment_status_reaches_a_websocket_client_of_the_rou
     // The other workspace got nothing: its next event is one published for it.
     publish(&publisher, "other", json!({"type": "marker"})).await;
     assert_eq!(next_json(&mut other.ws).await.unwrap()["type"], "marker");
+
+    // While Redis is down a webhook is answered 503 with Retry-After, and the
+    // same delivery goes through once Redis is back.
+    let mut redis = redis;
+    redis.kill();
+    let file = "deployment_status.created.gh-pages.json";
+    let send = || {
+        let mut request =
+            reqwest::Client::new().post(format!("{}/webhooks/github", publisher.base())).body(std::fs::read(fixtures.join(file)).unwrap());
+        for (k, v) in deliveries["deliveries"][file]["headers"].as_object().unwrap() {
+            request = request.header(k.as_str(), v.as_str().unwrap());
+        }
+        request.send()
+    };
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    redis.restart();
+    wait_for("publisher ready again", WAIT, || http_status(&format!("{}/readyz", publisher.base())) == Some(200));
+    assert_eq!(send().await.unwrap().status(), 202, "the retry of the refused delivery is published");
 }
