@@ -32,12 +32,8 @@ impl Collect {
     }
 }
 
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    tidings_testkit::eventually(what, WAIT, cond).await;
 }
 
 fn event(ws: &str, n: u64) -> Event {
@@ -49,27 +45,17 @@ fn event(ws: &str, n: u64) -> Event {
 async fn connect(cluster: &TestCluster) -> (RedisBroker, Arc<Collect>) {
     let seen = Arc::new(Collect::default());
     let broker = RedisBroker::connect(RedisConfig { url: cluster.urls(), cluster: true, history_size: 1000 }, seen.clone()).unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !broker.is_ready().await {
-        assert!(tokio::time::Instant::now() < deadline, "cluster broker never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tidings_testkit::retry("the cluster broker to be ready", WAIT, || async { broker.is_ready().await.then_some(()) }).await;
     (broker, seen)
 }
 
 /// Publishes through the broker, retrying while the cluster moves a slot
 /// (a publish either stores and returns an id, or fails and stores nothing).
 async fn publish_retrying(broker: &RedisBroker, ws: &str, n: u64) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match broker.publish(event(ws, n)).await {
-            Ok(e) => return e.id.unwrap().to_string(),
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "publish kept failing: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    tidings_testkit::retry("a publish to succeed", WAIT, || async {
+        broker.publish(event(ws, n)).await.ok().map(|e| e.id.unwrap().to_string())
+    })
+    .await
 }
 
 #[tokio::test]

@@ -38,12 +38,8 @@ impl Collect {
     }
 }
 
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    tidings_testkit::eventually(what, WAIT, cond).await;
 }
 
 fn broker(redis: &TestRedis, history_size: usize) -> (RedisBroker, Arc<Collect>) {
@@ -53,11 +49,7 @@ fn broker(redis: &TestRedis, history_size: usize) -> (RedisBroker, Arc<Collect>)
 }
 
 async fn ready(broker: &RedisBroker) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !broker.is_ready().await {
-        assert!(tokio::time::Instant::now() < deadline, "broker never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tidings_testkit::retry("the broker to be ready", WAIT, || async { broker.is_ready().await.then_some(()) }).await;
 }
 
 fn event(ws: &str, n: u64) -> Event {

@@ -136,14 +136,8 @@ async fn a_newcomer_sees_host_metrics_and_a_curl_publish_then_sigterm_drains() {
         assert_ne!(e["type"], "notification", "nothing else was published");
     };
     assert_eq!(closed, 1012);
-    let deadline = std::time::Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(status) = dev.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "tidings dev did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let child = &mut dev.child;
+    let exit = tidings_testkit::retry("tidings dev to exit after SIGTERM", WAIT, || std::future::ready(child.try_wait().unwrap())).await;
     assert_eq!(exit.code(), Some(0));
 }
 

@@ -199,7 +199,10 @@ async fn a_gateway_killed_mid_stream_loses_nothing_for_clients_that_reconnect_wi
     let producer = tokio::spawn(async move {
         let http = reqwest::Client::new();
         let mut ids = Vec::new();
+        // Spread the publishes over time so the gateway dies mid-stream.
+        let mut pace = tokio::time::interval(Duration::from_millis(2));
         for i in 0..200 {
+            pace.tick().await;
             let r = http
                 .post(format!("{base}/v1/workspaces/acme/events"))
                 .bearer_auth(PUBLISH_TOKEN)
@@ -208,7 +211,6 @@ async fn a_gateway_killed_mid_stream_loses_nothing_for_clients_that_reconnect_wi
                 .await
                 .unwrap();
             ids.push(r.json::<Value>().await.unwrap()["ids"][0].as_str().unwrap().to_string());
-            tokio::time::sleep(Duration::from_millis(2)).await; // pacing, not synchronisation
         }
         ids
     });

@@ -355,3 +355,28 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// Async tests: polls `cond` until it holds; panics naming `what` after `deadline`.
+pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + deadline;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Async tests: retries `attempt` until it yields a value; panics naming `what` after `deadline`.
+pub async fn retry<T, F, Fut>(what: &str, deadline: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -140,12 +140,8 @@ pub fn sign(claims: &Claims) -> String {
 }
 
 /// Polls `cond` until it holds; fails the test after [`WAIT`].
-pub async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+pub async fn wait_until(cond: impl FnMut() -> bool) {
+    tidings_testkit::eventually("the condition", WAIT, cond).await;
 }
 
 /// Why a WebSocket connect failed: the HTTP status and JSON body.
