@@ -123,6 +123,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Forgets a claimed delivery whose publish failed, so the sender's retry works.
     fn release_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Remembers (or, with `None`, forgets) which catalog entity a source's
+    /// object belongs to, e.g. GitHub repository `acme/checkout` →
+    /// `component:default/checkout` (`HSET tidings:entity-links:<source>`).
+    fn link_entity<'a>(&'a self, source: &'a str, key: &'a str, entity_ref: Option<&'a str>) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// The entity linked to a source's object, if any.
+    fn linked_entity<'a>(&'a self, source: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<String>, BrokerError>>;
 }
 
 /// How long a webhook delivery id is remembered.

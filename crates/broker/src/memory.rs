@@ -30,6 +30,8 @@ struct State {
     revoked: HashSet<String>,
     /// Webhook delivery keys and when they expire.
     deliveries: HashMap<String, std::time::Instant>,
+    /// (source, key) → entity ref.
+    links: HashMap<(String, String), String>,
 }
 
 /// An in-process broker with bounded history per workspace.
@@ -201,6 +203,20 @@ impl Broker for MemoryBroker {
     fn release_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         self.lock().deliveries.remove(&tidings_protocol::keys::dedup(source, delivery));
         ready(Ok(())).boxed()
+    }
+
+    fn link_entity<'a>(&'a self, source: &'a str, key: &'a str, entity_ref: Option<&'a str>) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let mut state = self.lock();
+        let k = (source.to_string(), key.to_string());
+        match entity_ref {
+            Some(r) => state.links.insert(k, r.to_string()),
+            None => state.links.remove(&k),
+        };
+        ready(Ok(())).boxed()
+    }
+
+    fn linked_entity<'a>(&'a self, source: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<String>, BrokerError>> {
+        ready(Ok(self.lock().links.get(&(source.to_string(), key.to_string())).cloned())).boxed()
     }
 }
 

@@ -749,6 +749,24 @@ impl Broker for RedisBroker {
         .boxed()
     }
 
+    fn link_entity<'a>(&'a self, source: &'a str, key: &'a str, entity_ref: Option<&'a str>) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            let hash = tidings_protocol::keys::entity_links(source);
+            let cmd = match entity_ref {
+                Some(r) => redis::cmd("HSET").arg(hash).arg(key).arg(r).to_owned(),
+                None => redis::cmd("HDEL").arg(hash).arg(key).to_owned(),
+            };
+            let _: i64 = self.shared.commands.query(&cmd).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn linked_entity<'a>(&'a self, source: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<String>, BrokerError>> {
+        async move { self.shared.commands.query(redis::cmd("HGET").arg(tidings_protocol::keys::entity_links(source)).arg(key)).await }
+            .boxed()
+    }
+
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
         async move {
             let n: i64 = self.shared.commands.query(redis::cmd("EXISTS").arg(tidings_protocol::keys::revoked(jti))).await?;

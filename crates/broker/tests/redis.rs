@@ -186,3 +186,26 @@ async fn the_shipped_lua_script_publishes_for_any_service() {
     let err = redis.cli(&["EVAL", script, "3", "workspace:acme:events", "workspace:acme:latest", "workspace:acme", "{}", "10000", "", "0"]);
     assert!(err.contains("non-empty JSON object"), "{err}");
 }
+
+#[tokio::test]
+async fn delivery_claims_and_entity_links_live_in_redis() {
+    let redis = TestRedis::start();
+    let (broker, _) = broker(&redis, 100);
+    ready(&broker).await;
+    assert!(broker.claim_delivery("github", "d-1").await.unwrap());
+    assert!(!broker.claim_delivery("github", "d-1").await.unwrap(), "a redelivery is not claimed twice");
+    let ttl: i64 = redis.cli(&["TTL", "tidings:dedup:github:d-1"]).parse().unwrap();
+    assert!((86_000..=86_400).contains(&ttl), "remembered for 24 h, TTL {ttl}");
+    broker.release_delivery("github", "d-1").await.unwrap();
+    assert!(broker.claim_delivery("github", "d-1").await.unwrap(), "released after a failed publish");
+
+    broker.link_entity("github", "acme/checkout", Some("component:default/checkout")).await.unwrap();
+    assert_eq!(broker.linked_entity("github", "acme/checkout").await.unwrap().as_deref(), Some("component:default/checkout"));
+    assert_eq!(redis.cli(&["HGET", "tidings:entity-links:github", "acme/checkout"]), "component:default/checkout");
+    broker.link_entity("github", "acme/checkout", None).await.unwrap();
+    assert_eq!(broker.linked_entity("github", "acme/checkout").await.unwrap(), None);
+
+    redis.cli(&["SET", "tidings:revoked:j1", "1", "EX", "60"]);
+    assert!(broker.is_revoked("j1").await.unwrap());
+    assert!(!broker.is_revoked("j2").await.unwrap());
+}

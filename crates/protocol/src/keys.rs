@@ -27,6 +27,12 @@ pub fn revoked(jti: &str) -> String {
 /// Channel on which revoked `jti`s are announced.
 pub const REVOCATIONS_CHANNEL: &str = "tidings:revocations";
 
+/// Hash of source object → catalog entity ref (e.g. GitHub repository →
+/// Backstage component), learned from catalog events. A Tidings addition to SPEC §4.
+pub fn entity_links(source: &str) -> String {
+    format!("tidings:entity-links:{source}")
+}
+
 /// Key remembering a webhook delivery for 24 h.
 pub fn dedup(source: &str, delivery: &str) -> String {
     format!("tidings:dedup:{source}:{delivery}")

@@ -31,6 +31,8 @@ pub struct Subject {
 pub struct Destination {
     pub workspace_id: String,
     pub entity_ref: Option<String>,
+    /// True when the rule set `entity_ref` itself; else a catalog link may replace the default.
+    pub explicit_entity_ref: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,7 +111,8 @@ impl Routes {
         });
         let entity_ref = subject.backstage_entity.clone().or(templated);
         let workspace_id = override_workspace.map(String::from).or_else(|| rule.map(|r| r.workspace.clone()))?;
-        Some(Destination { workspace_id, entity_ref })
+        let explicit_entity_ref = rule.is_some_and(|r| r.entity_ref.is_some());
+        Some(Destination { workspace_id, entity_ref, explicit_entity_ref })
     }
 }
 
@@ -168,11 +171,19 @@ mod tests {
         let subject = |r: &str| Subject { repository: Some(r.into()), ..Subject::default() };
         assert_eq!(
             routes.route(&subject("acme/payments-api"), None),
-            Some(Destination { workspace_id: "payments".into(), entity_ref: Some("component:payments/payments-api".into()) })
+            Some(Destination {
+                workspace_id: "payments".into(),
+                entity_ref: Some("component:payments/payments-api".into()),
+                explicit_entity_ref: true
+            })
         );
         assert_eq!(
             routes.route(&subject("acme/Checkout"), None),
-            Some(Destination { workspace_id: "acme".into(), entity_ref: Some("component:default/checkout".into()) })
+            Some(Destination {
+                workspace_id: "acme".into(),
+                entity_ref: Some("component:default/checkout".into()),
+                explicit_entity_ref: false
+            })
         );
         assert_eq!(routes.route(&subject("other/x"), None), None);
         assert_eq!(routes.route(&subject("other/x"), Some("manual")).unwrap().workspace_id, "manual");

@@ -304,3 +304,58 @@ async fn an_unconfigured_webhook_is_404() {
     let r = reqwest::Client::new().post(format!("{base}/webhooks/github")).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn a_catalog_entity_claiming_the_repository_decides_the_entity_ref() {
+    let (secret, _) = deliveries();
+    let broker = Arc::new(MemoryBroker::new(100));
+    let seen = Arc::new(Seen::default());
+    broker.set_handler(seen.clone());
+    broker.subscribe("hello").await.unwrap();
+    let config = PublisherConfig {
+        github_secret: Some(secret),
+        backstage_token: Some("bs".into()),
+        routes: Routes::parse(
+            "[[route]]\nrepository = \"Codertocat/*\"\nworkspace = \"hello\"\n[[route]]\nbackstage_entity = \"*\"\nworkspace = \"hello\"\n",
+        )
+        .unwrap(),
+        ..PublisherConfig::new("t")
+    };
+    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
+    let app = tidings_publisher::api_router(Publisher::new(config, broker as Arc<dyn Broker>, metrics));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Server { base: format!("http://{}", listener.local_addr().unwrap()), seen: seen.clone() };
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Backstage: component "greeter" says its repository is Codertocat/Hello-World.
+    let entity = |event_type: &str, id: &str| {
+        json!({"eventId": id, "eventType": event_type, "entityRef": "component:default/greeter",
+               "entityJson": {"kind": "Component", "metadata": {"name": "greeter", "namespace": "default",
+                              "annotations": {"github.com/project-slug": "Codertocat/Hello-World"}}}})
+    };
+    let post_entity =
+        |body: Value| reqwest::Client::new().post(format!("{}/webhooks/backstage", server.base)).bearer_auth("bs").json(&body).send();
+    assert_eq!(post_entity(entity("entity_created", "1")).await.unwrap().status(), 202);
+    assert_eq!(deliver(&server, "deployment_status.created.json", "", |_, _| {}).await.0, 202);
+
+    // Once the entity is deleted the convention applies again.
+    assert_eq!(post_entity(entity("entity_deleted", "2")).await.unwrap().status(), 202);
+    assert_eq!(deliver(&server, "deployment.created.json", "", |_, _| {}).await.0, 202);
+
+    let refs: Vec<(String, String)> = seen
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap().to_string(), e["entity_ref"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            ("entity_update".to_string(), "component:default/greeter".to_string()),
+            ("deployment_update".to_string(), "component:default/greeter".to_string()),
+            ("entity_update".to_string(), "component:default/greeter".to_string()),
+            ("deployment_update".to_string(), "component:default/hello-world".to_string()),
+        ]
+    );
+}

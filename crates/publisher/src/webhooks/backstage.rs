@@ -53,7 +53,12 @@ pub fn parse(body: &[u8]) -> Result<Parsed, WebhookError> {
         "change_type": change_type,
         "entity": entity,
     });
-    let repository = entity["metadata"]["annotations"]["github.com/project-slug"].as_str().map(String::from);
-    let subject = Subject { backstage_entity: Some(entity_ref), repository, ..Subject::default() };
+    let annotation = |key: &str| entity["metadata"]["annotations"][key].as_str().map(String::from);
+    let subject = Subject {
+        backstage_entity: Some(entity_ref),
+        repository: annotation("github.com/project-slug"),
+        gitlab_project: annotation("gitlab.com/project-slug"),
+        ..Subject::default()
+    };
     Ok(Parsed::Events { subject, events: vec![Draft { event_type: "entity_update", data }] })
 }

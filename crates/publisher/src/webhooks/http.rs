@@ -168,9 +168,17 @@ async fn handle(
     {
         return ("invalid", error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, format!("workspace_id: {e}")));
     }
-    let Some(destination) = publisher.config.routes.route(&subject, query.workspace_id.as_deref()) else {
+    let Some(mut destination) = publisher.config.routes.route(&subject, query.workspace_id.as_deref()) else {
         return ("no_route", (StatusCode::ACCEPTED, Json(json!({ "published": 0, "reason": "no route" }))).into_response());
     };
+    // A repository the catalog has claimed (Backstage `github.com/project-slug`)
+    // takes that entity's ref over the default template; an explicit template wins.
+    if !destination.explicit_entity_ref
+        && let Some((link_source, key)) = link_key(source, &subject)
+        && let Ok(Some(linked)) = publisher.broker.linked_entity(link_source, &key).await
+    {
+        destination.entity_ref = Some(linked);
+    }
     // Sources without a delivery id are de-duplicated by the hash of the body.
     let delivery = delivery.unwrap_or_else(|| Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect());
     match publisher.broker.claim_delivery(source, &delivery).await {
@@ -178,6 +186,7 @@ async fn handle(
         Ok(false) => return ("duplicate", (StatusCode::OK, Json(json!({ "duplicate": true }))).into_response()),
         Err(e) => return ("unavailable", error_response(StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE, e.to_string())),
     }
+    let deleted = drafts.iter().any(|d| d.data["change_type"] == "deleted");
     let mut ids = Vec::new();
     for draft in drafts {
         let mut event = Event::new(draft.event_type, destination.workspace_id.clone(), draft.data);
@@ -201,5 +210,33 @@ async fn handle(
             }
         }
     }
+    if source == "backstage" {
+        learn_links(publisher, &subject, deleted).await;
+    }
     ("published", (StatusCode::ACCEPTED, Json(json!({ "published": ids.len(), "ids": ids }))).into_response())
+}
+
+/// Which catalog link a source's subject would use: GitHub repositories and
+/// GitLab projects, by lower-cased path.
+fn link_key(source: &str, subject: &crate::routes::Subject) -> Option<(&'static str, String)> {
+    match source {
+        "github" => subject.repository.as_ref().map(|r| ("github", r.to_lowercase())),
+        "gitlab" => subject.gitlab_project.as_ref().map(|p| ("gitlab", p.to_lowercase())),
+        _ => None,
+    }
+}
+
+/// Records (or, for a deleted entity, forgets) the repositories a catalog
+/// entity claims through its `github.com/project-slug` / `gitlab.com/project-slug`
+/// annotations. Best effort: a failure only means the default entity ref is used.
+async fn learn_links(publisher: &Publisher, subject: &crate::routes::Subject, deleted: bool) {
+    let Some(entity_ref) = subject.backstage_entity.as_deref() else { return };
+    for (link_source, key) in [("github", &subject.repository), ("gitlab", &subject.gitlab_project)] {
+        if let Some(key) = key {
+            let target = (!deleted).then_some(entity_ref);
+            if let Err(e) = publisher.broker.link_entity(link_source, &key.to_lowercase(), target).await {
+                tracing::warn!(error = %e, "could not record the catalog link of {key}");
+            }
+        }
+    }
 }
