@@ -234,12 +234,19 @@ async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: 
         rate_strikes: 0,
         refreshed_exp: None,
     };
-    read_loop(&mut session, &mut stream, &done).await;
+    let ended = read_loop(&mut session, &mut stream, &done).await;
 
     // Let the writer finish a close handshake it started, then let the peer
     // answer it, so the close code reaches the client before the TCP close.
     if timeout(CLOSE_GRACE, done.cancelled()).await.is_ok() {
-        let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+        if ended == ReadEnd::TooBig {
+            // The rest of the oversized frame is still unread in the socket;
+            // closing now would send a TCP reset that can overtake our close
+            // frame. Linger instead, so the peer reads 1009 and closes first.
+            tokio::time::sleep(CLOSE_GRACE).await;
+        } else {
+            let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+        }
     }
     done.cancel();
     let _ = writer.await;
@@ -257,7 +264,15 @@ struct Session {
     refreshed_exp: Option<u64>,
 }
 
-async fn read_loop(session: &mut Session, stream: &mut Stream, done: &CancellationToken) {
+/// How the reader stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    Done,
+    /// A frame over the size limit: the socket still holds its unread rest.
+    TooBig,
+}
+
+async fn read_loop(session: &mut Session, stream: &mut Stream, done: &CancellationToken) -> ReadEnd {
     let heartbeat = session.node.config.heartbeat;
     let mut last_seen = Instant::now();
     let mut liveness = tokio::time::interval(heartbeat / 2);
@@ -265,35 +280,35 @@ async fn read_loop(session: &mut Session, stream: &mut Stream, done: &Cancellati
     tokio::pin!(expiry);
     loop {
         tokio::select! {
-            _ = done.cancelled() => return,
+            _ = done.cancelled() => return ReadEnd::Done,
             _ = &mut expiry => {
                 session.conn.outbox.close(close::TOKEN_EXPIRED, "token expired");
-                return;
+                return ReadEnd::Done;
             }
             _ = liveness.tick() => {
                 if last_seen.elapsed() > heartbeat * 2 {
                     tracing::debug!(connection_id = %session.conn.connection_id, "no sign of life for two heartbeats; dropping");
                     done.cancel();
-                    return;
+                    return ReadEnd::Done;
                 }
             }
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
-                    None => { done.cancel(); return; }
+                    None => { done.cancel(); return ReadEnd::Done; }
                     Some(Err(e)) => {
                         if is_too_big(&e) {
                             session.conn.outbox.close(close::MESSAGE_TOO_BIG, "message too big");
-                        } else {
-                            done.cancel();
+                            return ReadEnd::TooBig;
                         }
-                        return;
+                        done.cancel();
+                        return ReadEnd::Done;
                     }
                     Some(Ok(Message::Text(text))) => {
                         match session.admit_message() {
                             Admit::Handle => {}
                             Admit::Skip => continue,
-                            Admit::Closing => return,
+                            Admit::Closing => return ReadEnd::Done,
                         }
                         session.handle_text(&text).await;
                         if let Some(new_exp) = session.refreshed_exp.take() {
@@ -304,14 +319,14 @@ async fn read_loop(session: &mut Session, stream: &mut Stream, done: &Cancellati
                         match session.admit_message() {
                             Admit::Handle => {}
                             Admit::Skip => continue,
-                            Admit::Closing => return,
+                            Admit::Closing => return ReadEnd::Done,
                         }
                         session.node.metrics.client_messages.with_label_values(&["binary"]).inc();
                         session.reply(ServerMessage::error(error::UNSUPPORTED, "binary frames are not supported; send JSON text", None));
                     }
                     Some(Ok(Message::Close(_))) => {
                         session.conn.outbox.close_after_queued(close::NORMAL, "");
-                        return;
+                        return ReadEnd::Done;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
