@@ -133,7 +133,11 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// The publish API plus `/healthz`, `/readyz` and `/metrics`.
 pub fn router(publisher: Arc<Publisher>, registry: prometheus::Registry) -> Router {
-    let admin = Router::new().route("/healthz", get(publish::healthz)).route("/readyz", get(publish::readyz)).with_state(publisher.clone());
+    let admin = Router::new()
+        .route("/healthz", get(publish::healthz))
+        .route("/readyz", get(publish::readyz))
+        .with_state(publisher.clone())
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
     let metrics = Router::new().route("/metrics", get(publish::metrics)).with_state(registry);
     api_router(publisher).merge(admin).merge(metrics)
 }

@@ -18,7 +18,7 @@ fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)).unwrap()
 }
 
-fn events(parsed: Parsed) -> (tidings_publisher::routes::Subject, Vec<Value>) {
+fn drafts(parsed: Parsed) -> (tidings_publisher::routes::Subject, Vec<Value>) {
     match parsed {
         Parsed::Events { subject, events } => {
             (subject, events.into_iter().map(|d| json!({"type": d.event_type, "data": d.data})).collect())
@@ -31,7 +31,7 @@ fn events(parsed: Parsed) -> (tidings_publisher::routes::Subject, Vec<Value>) {
 fn backstage_history_events_become_entity_updates() {
     for (file, change) in [("entity_created", "created"), ("entity_updated", "updated"), ("entity_deleted", "deleted")] {
         let body = fixture(&format!("backstage/events-bus.catalog-history.{file}.json"));
-        let (subject, events) = events(backstage::parse(&body).unwrap());
+        let (subject, events) = drafts(backstage::parse(&body).unwrap());
         assert_eq!(subject.backstage_entity.as_deref(), Some("component:default/my-service"), "{file}");
         let d = &events[0]["data"];
         assert_eq!(events[0]["type"], "entity_update");
@@ -48,12 +48,28 @@ fn backstage_history_events_become_entity_updates() {
     let old = json!({"id": "77", "eventAt": "2025-06-04T10:00:00Z", "eventType": "entity_updated", "entityRef": "component:default/my-service", "entityJson": entity});
     let body = serde_json::to_vec(&old).unwrap();
     assert_eq!(backstage::event_id(&body).as_deref(), Some("77"));
-    let (subject, events) = events(backstage::parse(&body).unwrap());
+    let (subject, events) = drafts(backstage::parse(&body).unwrap());
     assert_eq!(events[0]["data"]["entity"]["kind"], "Component");
     assert!(subject.repository.is_some(), "github.com/project-slug annotation becomes the repository");
 
     let location = fixture("backstage/events-bus.catalog-history.location_created.json");
     assert!(matches!(backstage::parse(&location).unwrap(), Parsed::Ignored { .. }));
+    let errors = fixture("backstage/events-bus.catalog-errors.json");
+    assert!(matches!(backstage::parse(&errors).unwrap(), Parsed::Ignored { kind } if kind == "experimental.catalog.errors"));
+
+    // The history REST API's page: posted item by item.
+    let page: Value = serde_json::from_slice(&fixture("backstage/rest.catalog-history-v1-events.response.json")).unwrap();
+    assert!(backstage::parse(&serde_json::to_vec(&page).unwrap()).is_err(), "a whole page is refused with a clear reason");
+    for item in page["items"].as_array().unwrap() {
+        let (subject, events) = drafts(backstage::parse(&serde_json::to_vec(item).unwrap()).unwrap());
+        assert_eq!(subject.backstage_entity.as_deref(), Some("component:default/my-service"));
+        assert_eq!(events[0]["type"], "entity_update");
+    }
+    // An HTTP-ingress body without entityJson: the ref alone names the entity.
+    let ingress: Value = serde_json::from_slice(&fixture("backstage/http-ingress.events-http-topic.example.json")).unwrap();
+    let (_, events) = drafts(backstage::parse(&serde_json::to_vec(&ingress["request"]["body"]).unwrap()).unwrap());
+    assert_eq!((events[0]["data"]["name"].as_str(), events[0]["data"]["change_type"].as_str()), (Some("my-service"), Some("updated")));
+    assert_eq!(events[0]["data"]["entity"], Value::Null);
     assert!(backstage::parse(b"{}").is_err());
     assert!(backstage::parse(br#"{"eventType":"entity_updated"}"#).is_err(), "no entity named");
 }
@@ -69,7 +85,7 @@ fn argocd_notifications_become_deployment_and_health_updates() {
     ];
     for (name, status, ended, level) in cases {
         let body = fixture(&format!("argocd/webhook.{name}.json"));
-        let (subject, events) = events(argocd::parse(&body).unwrap());
+        let (subject, events) = drafts(argocd::parse(&body).unwrap());
         assert_eq!(subject.argocd_app.as_deref(), Some("guestbook"), "{name}");
         let d = &events[0]["data"]["deployment"];
         assert_eq!((events[0]["type"].as_str(), d["status"].as_str()), (Some("deployment_update"), Some(status)), "{name}");

@@ -19,8 +19,18 @@ pub fn event_id(body: &[u8]) -> Option<String> {
     }
 }
 
+/// Events-bus topics that carry catalog history events (current and early name).
+const HISTORY_TOPICS: &[&str] = &["backstage.catalog.history.event", "catalog.history"];
+
 pub fn parse(body: &[u8]) -> Result<Parsed, WebhookError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| WebhookError::BadRequest(format!("body is not JSON: {e}")))?;
+    if v.get("items").is_some() {
+        return Err(WebhookError::BadRequest("post one history event per request (each item of the history API's page)".into()));
+    }
+    if let Some(topic) = v["topic"].as_str().filter(|t| !HISTORY_TOPICS.contains(t)) {
+        // Another events-bus topic (catalog errors, conflicts…): acknowledged, not mapped.
+        return Ok(Parsed::Ignored { kind: topic.to_string() });
+    }
     let event = if v.get("eventPayload").is_some() { &v["eventPayload"] } else { &v };
     let event_type = event["eventType"].as_str().ok_or_else(|| WebhookError::BadRequest("missing eventType".into()))?;
     let change_type = match event_type {
