@@ -359,3 +359,105 @@ async fn a_catalog_entity_claiming_the_repository_decides_the_entity_ref() {
         ]
     );
 }
+
+/// The in-memory broker whose next durable publishes fail, as when Redis drops
+/// between the delivery claim and the publish (hard to time on a real Redis).
+struct FailingPublishes {
+    inner: MemoryBroker,
+    failures_left: Mutex<u32>,
+}
+
+impl Broker for FailingPublishes {
+    fn publish(
+        &self,
+        event: tidings_protocol::Event,
+    ) -> futures_util::future::BoxFuture<'_, Result<tidings_protocol::Event, tidings_broker::BrokerError>> {
+        let mut left = self.failures_left.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            return Box::pin(std::future::ready(Err(tidings_broker::BrokerError::Unavailable("connection reset".into()))));
+        }
+        self.inner.publish(event)
+    }
+    fn publish_live(&self, event: tidings_protocol::Event) -> futures_util::future::BoxFuture<'_, Result<(), tidings_broker::BrokerError>> {
+        self.inner.publish_live(event)
+    }
+    fn subscribe<'a>(&'a self, w: &'a str) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
+        self.inner.subscribe(w)
+    }
+    fn unsubscribe<'a>(&'a self, w: &'a str) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
+        self.inner.unsubscribe(w)
+    }
+    fn history<'a>(
+        &'a self,
+        w: &'a str,
+        since: Option<tidings_protocol::EventId>,
+        limit: usize,
+    ) -> futures_util::future::BoxFuture<'a, Result<tidings_broker::HistoryPage, tidings_broker::BrokerError>> {
+        self.inner.history(w, since, limit)
+    }
+    fn latest<'a>(
+        &'a self,
+        w: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<tidings_broker::LatestEvent>, tidings_broker::BrokerError>> {
+        self.inner.latest(w)
+    }
+    fn is_ready(&self) -> futures_util::future::BoxFuture<'_, bool> {
+        self.inner.is_ready()
+    }
+    fn is_revoked<'a>(&'a self, jti: &'a str) -> futures_util::future::BoxFuture<'a, Result<bool, tidings_broker::BrokerError>> {
+        self.inner.is_revoked(jti)
+    }
+    fn claim_delivery<'a>(
+        &'a self,
+        s: &'a str,
+        d: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, tidings_broker::BrokerError>> {
+        self.inner.claim_delivery(s, d)
+    }
+    fn release_delivery<'a>(
+        &'a self,
+        s: &'a str,
+        d: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
+        self.inner.release_delivery(s, d)
+    }
+    fn link_entity<'a>(
+        &'a self,
+        s: &'a str,
+        k: &'a str,
+        r: Option<&'a str>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
+        self.inner.link_entity(s, k, r)
+    }
+    fn linked_entity<'a>(
+        &'a self,
+        s: &'a str,
+        k: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<String>, tidings_broker::BrokerError>> {
+        self.inner.linked_entity(s, k)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_publish_releases_the_delivery_so_the_retry_is_published() {
+    let (secret, _) = deliveries();
+    let broker = Arc::new(FailingPublishes { inner: MemoryBroker::new(100), failures_left: Mutex::new(1) });
+    let seen = Arc::new(Seen::default());
+    broker.inner.set_handler(seen.clone());
+    broker.subscribe("hello").await.unwrap();
+    let config = PublisherConfig { github_secret: Some(secret), routes: Routes::parse(ROUTES).unwrap(), ..PublisherConfig::new("t") };
+    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
+    let app = tidings_publisher::api_router(Publisher::new(config, broker.clone() as Arc<dyn Broker>, metrics));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Server { base: format!("http://{}", listener.local_addr().unwrap()), seen: seen.clone() };
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (status, body) = deliver(&server, "push.branch.json", "", |_, _| {}).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")));
+    assert!(seen.0.lock().unwrap().is_empty(), "nothing reported, nothing published");
+    let (status, _) = deliver(&server, "push.branch.json", "", |_, _| {}).await;
+    assert_eq!(status, 202, "GitHub's redelivery (same id) goes through");
+    assert_eq!(deliver(&server, "push.branch.json", "", |_, _| {}).await.0, 200, "and only once");
+    assert_eq!(seen.0.lock().unwrap().len(), 1);
+}
