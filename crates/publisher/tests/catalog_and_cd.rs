@@ -4,15 +4,17 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+mod support;
 
-use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use serde_json::{Value, json};
-use tidings_broker::{Broker, MemoryBroker, MessageHandler};
+use support::Seen;
+use tidings_broker::{Broker, MemoryBroker};
+use tidings_publisher::PublisherConfig;
 use tidings_publisher::routes::Routes;
 use tidings_publisher::webhooks::{Parsed, argocd, backstage};
-use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
 
 fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)).unwrap()
@@ -106,15 +108,6 @@ fn argocd_notifications_become_deployment_and_health_updates() {
     assert!(argocd::parse(b"{}").is_err());
 }
 
-#[derive(Default)]
-struct Seen(Mutex<Vec<Value>>);
-
-impl MessageHandler for Seen {
-    fn on_message(&self, _: &str, payload: Bytes) {
-        self.0.lock().unwrap().push(serde_json::from_slice(&payload).unwrap());
-    }
-}
-
 #[tokio::test]
 async fn bearer_webhooks_route_deduplicate_and_refuse() {
     let broker = Arc::new(MemoryBroker::new(100));
@@ -125,11 +118,7 @@ async fn bearer_webhooks_route_deduplicate_and_refuse() {
     let routes = Routes::parse("[[route]]\nbackstage_entity = \"component:default/*\"\nworkspace = \"catalog\"\n[[route]]\nargocd_app = \"guest*\"\nworkspace = \"cd\"\n").unwrap();
     let config =
         PublisherConfig { backstage_token: Some("bs".into()), argocd_token: Some("cd".into()), routes, ..PublisherConfig::new("t") };
-    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
-    let app = tidings_publisher::api_router(Publisher::new(config, broker as Arc<dyn Broker>, metrics));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = support::start(config, broker).await;
     let post = |path: &str, token: &str, body: Vec<u8>| {
         let req = reqwest::Client::new().post(format!("{base}{path}")).bearer_auth(token).body(body);
         async move {

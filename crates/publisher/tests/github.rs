@@ -5,15 +5,17 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use serde_json::{Value, json};
-use tidings_broker::{Broker, MemoryBroker, MessageHandler};
+use support::Seen;
+use tidings_broker::{Broker, MemoryBroker};
+use tidings_publisher::PublisherConfig;
 use tidings_publisher::routes::Routes;
 use tidings_publisher::webhooks::{Parsed, github};
-use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github")
@@ -134,15 +136,6 @@ fn signatures_are_checked_on_the_raw_bytes() {
     assert!(github::verify("It's a Secret to Everybody", Some(sig), b"Hello, World!").is_ok());
 }
 
-#[derive(Default)]
-struct Seen(Mutex<Vec<Value>>);
-
-impl MessageHandler for Seen {
-    fn on_message(&self, _: &str, payload: Bytes) {
-        self.0.lock().unwrap().push(serde_json::from_slice(&payload).unwrap());
-    }
-}
-
 struct Server {
     base: String,
     seen: Arc<Seen>,
@@ -158,12 +151,7 @@ async fn serve(routes: &str) -> Server {
     }
     let config =
         PublisherConfig { github_secret: Some(secret), routes: Routes::parse(routes).unwrap(), ..PublisherConfig::new("publish-token") };
-    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
-    let app = tidings_publisher::api_router(Publisher::new(config, broker as Arc<dyn Broker>, metrics));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server { base, seen }
+    Server { base: support::start(config, broker).await, seen }
 }
 
 async fn deliver(
@@ -295,12 +283,7 @@ async fn routing_no_route_and_override() {
 
 #[tokio::test]
 async fn an_unconfigured_webhook_is_404() {
-    let broker = Arc::new(MemoryBroker::new(10));
-    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
-    let app = tidings_publisher::api_router(Publisher::new(PublisherConfig::new("t"), broker as Arc<dyn Broker>, metrics));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = support::start(PublisherConfig::new("t"), Arc::new(MemoryBroker::new(10))).await;
     let r = reqwest::Client::new().post(format!("{base}/webhooks/github")).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
@@ -321,11 +304,7 @@ async fn a_catalog_entity_claiming_the_repository_decides_the_entity_ref() {
         .unwrap(),
         ..PublisherConfig::new("t")
     };
-    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
-    let app = tidings_publisher::api_router(Publisher::new(config, broker as Arc<dyn Broker>, metrics));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server { base: format!("http://{}", listener.local_addr().unwrap()), seen: seen.clone() };
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = Server { base: support::start(config, broker).await, seen: seen.clone() };
 
     // Backstage: component "greeter" says its repository is Codertocat/Hello-World.
     let entity = |event_type: &str, id: &str| {
@@ -447,11 +426,7 @@ async fn a_failed_publish_releases_the_delivery_so_the_retry_is_published() {
     broker.inner.set_handler(seen.clone());
     broker.subscribe("hello").await.unwrap();
     let config = PublisherConfig { github_secret: Some(secret), routes: Routes::parse(ROUTES).unwrap(), ..PublisherConfig::new("t") };
-    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
-    let app = tidings_publisher::api_router(Publisher::new(config, broker.clone() as Arc<dyn Broker>, metrics));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server { base: format!("http://{}", listener.local_addr().unwrap()), seen: seen.clone() };
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = Server { base: support::start(config, broker.clone()).await, seen: seen.clone() };
 
     let (status, body) = deliver(&server, "push.branch.json", "", |_, _| {}).await;
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")));

@@ -3,15 +3,17 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+mod support;
 
-use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use serde_json::{Value, json};
-use tidings_broker::{Broker, MemoryBroker, MessageHandler};
+use support::Seen;
+use tidings_broker::{Broker, MemoryBroker};
+use tidings_publisher::PublisherConfig;
 use tidings_publisher::routes::Routes;
 use tidings_publisher::webhooks::{Parsed, gitlab};
-use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
 
 const TOKEN: &str = "my-shared-secret";
 
@@ -105,15 +107,6 @@ fn the_token_is_checked() {
     }
 }
 
-#[derive(Default)]
-struct Seen(Mutex<Vec<Value>>);
-
-impl MessageHandler for Seen {
-    fn on_message(&self, _: &str, payload: Bytes) {
-        self.0.lock().unwrap().push(serde_json::from_slice(&payload).unwrap());
-    }
-}
-
 #[tokio::test]
 async fn deliveries_over_http_once_and_only_with_the_token() {
     let broker = Arc::new(MemoryBroker::new(100));
@@ -122,11 +115,7 @@ async fn deliveries_over_http_once_and_only_with_the_token() {
     broker.subscribe("platform").await.unwrap();
     let routes = Routes::parse("[[route]]\ngitlab_project = \"root/*\"\nworkspace = \"platform\"\n").unwrap();
     let config = PublisherConfig { gitlab_token: Some(TOKEN.into()), routes, ..PublisherConfig::new("t") };
-    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
-    let app = tidings_publisher::api_router(Publisher::new(config, broker as Arc<dyn Broker>, metrics));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = support::start(config, broker).await;
 
     let send = |token: &'static str, file: &'static str| {
         let base = base.clone();

@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::{Draft, Parsed, WebhookError, hex_decode};
+use super::{Draft, Parsed, WebhookError, hex_decode, json_field as field, json_required as required};
 use crate::routes::Subject;
 
 /// Checks `sha256=<hex>` against HMAC-SHA256(secret, body), in constant time.
@@ -19,22 +19,6 @@ pub fn verify(secret: &str, signature_header: Option<&str>, body: &[u8]) -> Resu
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| WebhookError::Unauthorized("unusable secret".into()))?;
     mac.update(body);
     mac.verify_slice(&expected).map_err(|_| WebhookError::Unauthorized("signature does not match".into()))
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn field(v: &Value, path: &[&str]) -> Option<String> {
-    text(path.iter().fold(v, |v, k| &v[*k]))
-}
-
-fn required(v: &Value, path: &[&str]) -> Result<String, WebhookError> {
-    field(v, path).ok_or_else(|| WebhookError::BadRequest(format!("missing {}", path.join("."))))
 }
 
 /// GitHub run/job/check status and conclusion → the spec's pipeline status.

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use super::{Draft, Parsed, WebhookError};
+use super::{Draft, Parsed, WebhookError, json_field as field, json_required as required};
 use crate::publish::constant_time_eq;
 use crate::routes::Subject;
 
@@ -50,22 +50,6 @@ pub fn deployment_status(status: &str) -> &'static str {
         "canceled" => "cancelled",
         _ => "queued", // created, blocked
     }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn field(v: &Value, path: &[&str]) -> Option<String> {
-    text(path.iter().fold(v, |v, k| &v[*k]))
-}
-
-fn required(v: &Value, path: &[&str]) -> Result<String, WebhookError> {
-    field(v, path).ok_or_else(|| WebhookError::BadRequest(format!("missing {}", path.join("."))))
 }
 
 /// The project's web URL and `group/name` path; old job payloads only have `repository.homepage`.

@@ -36,54 +36,71 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `POST /webhooks/github`.
-pub async fn github(
-    State(publisher): State<Arc<Publisher>>,
-    query: Result<Query<WebhookQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+/// The request parts every webhook endpoint takes.
+type Request = (State<Arc<Publisher>>, Result<Query<WebhookQuery>, QueryRejection>, HeaderMap, Bytes);
+
+/// The common edge of a source: 404 when its credential is unset, the query,
+/// then `parse` (which checks the credential on the raw bytes), then [`handle`].
+async fn webhook(
+    (State(publisher), query, headers, body): Request,
+    source: &'static str,
+    name: &str,
+    credential: impl FnOnce(&crate::PublisherConfig) -> Option<String>,
+    parse: impl FnOnce(&str, &HeaderMap, &[u8]) -> Result<(Parsed, Option<String>), WebhookError>,
 ) -> Response {
-    let Some(secret) = publisher.config.github_secret.clone() else {
-        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, "the GitHub webhook is not configured");
+    let Some(credential) = credential(&publisher.config) else {
+        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, format!("the {name} webhook is not configured"));
     };
     let Ok(Query(query)) = query else {
         return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
     };
-    let (result, response) = handle(&publisher, "github", query, &headers, &body, |headers, body| {
-        github::verify(&secret, header_str(headers, "x-hub-signature-256"), body)?;
-        let event = header_str(headers, "x-github-event").ok_or_else(|| WebhookError::BadRequest("missing X-GitHub-Event".into()))?;
-        let parsed = github::parse(event, body)?;
-        Ok((parsed, header_str(headers, "x-github-delivery").map(String::from)))
-    })
-    .await;
-    publisher.metrics.webhooks.with_label_values(&["github", result]).inc();
+    let (result, response) = handle(&publisher, source, query, &headers, &body, |headers, body| parse(&credential, headers, body)).await;
+    publisher.metrics.webhooks.with_label_values(&[source, result]).inc();
     response
+}
+
+/// `POST /webhooks/github`.
+pub async fn github(
+    state: State<Arc<Publisher>>,
+    query: Result<Query<WebhookQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    webhook(
+        (state, query, headers, body),
+        "github",
+        "GitHub",
+        |c| c.github_secret.clone(),
+        |secret, headers, body| {
+            github::verify(secret, header_str(headers, "x-hub-signature-256"), body)?;
+            let event = header_str(headers, "x-github-event").ok_or_else(|| WebhookError::BadRequest("missing X-GitHub-Event".into()))?;
+            Ok((github::parse(event, body)?, header_str(headers, "x-github-delivery").map(String::from)))
+        },
+    )
+    .await
 }
 
 /// `POST /webhooks/gitlab`.
 pub async fn gitlab(
-    State(publisher): State<Arc<Publisher>>,
+    state: State<Arc<Publisher>>,
     query: Result<Query<WebhookQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(token) = publisher.config.gitlab_token.clone() else {
-        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, "the GitLab webhook is not configured");
-    };
-    let Ok(Query(query)) = query else {
-        return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
-    };
-    let (result, response) = handle(&publisher, "gitlab", query, &headers, &body, |headers, body| {
-        gitlab::verify(&token, header_str(headers, "x-gitlab-token"))?;
-        let event = header_str(headers, "x-gitlab-event").ok_or_else(|| WebhookError::BadRequest("missing X-Gitlab-Event".into()))?;
-        let parsed = gitlab::parse(event, body)?;
-        // Idempotency-Key survives retries; older GitLab only has the event UUID.
-        let delivery = header_str(headers, "idempotency-key").or_else(|| header_str(headers, "x-gitlab-event-uuid"));
-        Ok((parsed, delivery.map(String::from)))
-    })
-    .await;
-    publisher.metrics.webhooks.with_label_values(&["gitlab", result]).inc();
-    response
+    webhook(
+        (state, query, headers, body),
+        "gitlab",
+        "GitLab",
+        |c| c.gitlab_token.clone(),
+        |token, headers, body| {
+            gitlab::verify(token, header_str(headers, "x-gitlab-token"))?;
+            let event = header_str(headers, "x-gitlab-event").ok_or_else(|| WebhookError::BadRequest("missing X-Gitlab-Event".into()))?;
+            // Idempotency-Key survives retries; older GitLab only has the event UUID.
+            let delivery = header_str(headers, "idempotency-key").or_else(|| header_str(headers, "x-gitlab-event-uuid"));
+            Ok((gitlab::parse(event, body)?, delivery.map(String::from)))
+        },
+    )
+    .await
 }
 
 /// The `Authorization: Bearer` token of a request, checked in constant time.
@@ -98,47 +115,43 @@ fn check_bearer(expected: &str, headers: &HeaderMap) -> Result<(), WebhookError>
 
 /// `POST /webhooks/backstage`.
 pub async fn backstage(
-    State(publisher): State<Arc<Publisher>>,
+    state: State<Arc<Publisher>>,
     query: Result<Query<WebhookQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(token) = publisher.config.backstage_token.clone() else {
-        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, "the Backstage webhook is not configured");
-    };
-    let Ok(Query(query)) = query else {
-        return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
-    };
-    let (result, response) = handle(&publisher, "backstage", query, &headers, &body, |headers, body| {
-        check_bearer(&token, headers)?;
-        Ok((backstage::parse(body)?, backstage::event_id(body)))
-    })
-    .await;
-    publisher.metrics.webhooks.with_label_values(&["backstage", result]).inc();
-    response
+    webhook(
+        (state, query, headers, body),
+        "backstage",
+        "Backstage",
+        |c| c.backstage_token.clone(),
+        |token, headers, body| {
+            check_bearer(token, headers)?;
+            Ok((backstage::parse(body)?, backstage::event_id(body)))
+        },
+    )
+    .await
 }
 
 /// `POST /webhooks/argocd`.
 pub async fn argocd(
-    State(publisher): State<Arc<Publisher>>,
+    state: State<Arc<Publisher>>,
     query: Result<Query<WebhookQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(token) = publisher.config.argocd_token.clone() else {
-        return error_response(StatusCode::NOT_FOUND, error::NOT_FOUND, "the Argo CD webhook is not configured");
-    };
-    let Ok(Query(query)) = query else {
-        return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
-    };
-    let (result, response) = handle(&publisher, "argocd", query, &headers, &body, |headers, body| {
-        check_bearer(&token, headers)?;
-        // No delivery id: the body hash de-duplicates retries.
-        Ok((argocd::parse(body)?, None))
-    })
-    .await;
-    publisher.metrics.webhooks.with_label_values(&["argocd", result]).inc();
-    response
+    webhook(
+        (state, query, headers, body),
+        "argocd",
+        "Argo CD",
+        |c| c.argocd_token.clone(),
+        |token, headers, body| {
+            check_bearer(token, headers)?;
+            // No delivery id: the body hash de-duplicates retries.
+            Ok((argocd::parse(body)?, None))
+        },
+    )
+    .await
 }
 
 /// Shared by every source once its own checks and parsing are done.

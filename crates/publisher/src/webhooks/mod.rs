@@ -44,3 +44,23 @@ pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
+
+/// A JSON string or number as text; empty strings count as missing (sources
+/// send `""` for unset fields).
+pub fn json_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The text at `path` (object keys), if any.
+pub fn json_field(v: &Value, path: &[&str]) -> Option<String> {
+    json_text(path.iter().fold(v, |v, k| &v[*k]))
+}
+
+/// The text at `path`, or a 400 naming it.
+pub fn json_required(v: &Value, path: &[&str]) -> Result<String, WebhookError> {
+    json_field(v, path).ok_or_else(|| WebhookError::BadRequest(format!("missing {}", path.join("."))))
+}

@@ -1,0 +1,29 @@
+//! Shared by the publisher's integration tests: a subscriber that records what
+//! was published, and the publish API served on a real port-0 listener.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tidings_broker::{Broker, MessageHandler};
+use tidings_publisher::{Publisher, PublisherConfig, PublisherMetrics};
+
+/// Every message published on the workspaces it is subscribed to.
+#[derive(Default)]
+pub struct Seen(pub Mutex<Vec<Value>>);
+
+impl MessageHandler for Seen {
+    fn on_message(&self, _: &str, payload: Bytes) {
+        self.0.lock().unwrap().push(serde_json::from_slice(&payload).unwrap());
+    }
+}
+
+/// Serves the publish API and webhooks of `config` on `broker`; returns the base URL.
+pub async fn start(config: PublisherConfig, broker: Arc<dyn Broker>) -> String {
+    let metrics = PublisherMetrics::register(&prometheus::Registry::new()).unwrap();
+    let app = tidings_publisher::api_router(Publisher::new(config, broker, metrics));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
