@@ -3,7 +3,7 @@
 # gateway's resident memory per connection (from /metrics) and the connect rate.
 # Usage: scripts/idle-connections.py http://127.0.0.1:8080 <token> 5000   (needs `pip install websockets`)
 # A stop-gap until tidings-bench exists; it has no comparison system yet.
-import asyncio, json, re, sys, time, urllib.request
+import asyncio, re, sys, time, urllib.request
 import websockets
 
 BASE, TOKEN, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
