@@ -57,7 +57,12 @@ fn backstage_history_events_become_entity_updates() {
     let location = fixture("backstage/events-bus.catalog-history.location_created.json");
     assert!(matches!(backstage::parse(&location).unwrap(), Parsed::Ignored { .. }));
     let errors = fixture("backstage/events-bus.catalog-errors.json");
-    assert!(matches!(backstage::parse(&errors).unwrap(), Parsed::Ignored { kind } if kind == "experimental.catalog.errors"));
+    let (subject, events) = drafts(backstage::parse(&errors).unwrap());
+    assert_eq!(subject.backstage_entity.as_deref(), Some("component:default/my-service"));
+    assert_eq!((events[0]["type"].as_str(), events[0]["data"]["health"]["level"].as_str()), (Some("health_update"), Some("error")));
+    assert!(events[0]["data"]["health"]["message"].as_str().unwrap().contains("spec.lifecycle"));
+    let other_topic = br#"{"topic":"experimental.catalog.conflict","eventPayload":{}}"#;
+    assert!(matches!(backstage::parse(other_topic).unwrap(), Parsed::Ignored { kind } if kind == "experimental.catalog.conflict"));
 
     // The history REST API's page: posted item by item.
     let page: Value = serde_json::from_slice(&fixture("backstage/rest.catalog-history-v1-events.response.json")).unwrap();
