@@ -80,9 +80,11 @@ pub struct Node {
     pub draining: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// Serialises subscribe/unsubscribe decisions so a workspace never ends up
-    /// unsubscribed while it has a reader.
-    subscriptions: tokio::sync::Mutex<()>,
+    /// Per workspace: whether the broker subscription is on, behind an async
+    /// lock that serialises that workspace's subscribe/unsubscribe decisions
+    /// (so it never ends up unsubscribed while it has a reader) without making
+    /// other workspaces wait on a slow broker. Entries stay (one per workspace seen).
+    subscriptions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>,
     permits: Arc<Semaphore>,
     per_user: Arc<Mutex<HashMap<String, usize>>>,
     next_key: AtomicU64,
@@ -113,7 +115,7 @@ impl Node {
             metrics,
             draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            subscriptions: tokio::sync::Mutex::new(()),
+            subscriptions: Mutex::new(HashMap::new()),
             per_user: Arc::new(Mutex::new(HashMap::new())),
             next_key: AtomicU64::new(1),
         }))
@@ -162,14 +164,14 @@ impl Node {
     /// Puts the connection in the hub, subscribing its workspace on the broker
     /// first if nobody here reads it yet. Live events flow once this returns.
     pub async fn register(&self, conn: &Arc<Connection>) -> Result<(), BrokerError> {
-        let _guard = self.subscriptions.lock().await;
-        if self.hub.insert(conn.clone()) {
-            if let Err(e) = self.broker.subscribe(&conn.workspace_id).await {
-                self.hub.remove(&conn.workspace_id, conn.key);
-                return Err(e);
-            }
+        let lock = self.subscription_lock(&conn.workspace_id);
+        let mut subscribed = lock.lock().await;
+        if !*subscribed {
+            self.broker.subscribe(&conn.workspace_id).await?;
+            *subscribed = true;
             self.metrics.subscribed_workspaces.inc();
         }
+        self.hub.insert(conn.clone());
         self.metrics.connections_open.with_label_values(&[conn.transport.label()]).inc();
         self.metrics.connections_accepted.with_label_values(&[conn.transport.label()]).inc();
         Ok(())
@@ -186,14 +188,22 @@ impl Node {
         let workspace_id = conn.workspace_id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(node.config.unsubscribe_delay).await;
-            let _guard = node.subscriptions.lock().await;
-            if node.hub.count(&workspace_id) == 0 {
+            let lock = node.subscription_lock(&workspace_id);
+            let mut subscribed = lock.lock().await;
+            if *subscribed && node.hub.count(&workspace_id) == 0 {
                 match node.broker.unsubscribe(&workspace_id).await {
-                    Ok(()) => node.metrics.subscribed_workspaces.dec(),
+                    Ok(()) => {
+                        *subscribed = false;
+                        node.metrics.subscribed_workspaces.dec();
+                    }
                     Err(e) => tracing::warn!(workspace_id, error = %e, "unsubscribe failed"),
                 }
             }
         });
+    }
+
+    fn subscription_lock(&self, workspace_id: &str) -> Arc<tokio::sync::Mutex<bool>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).entry(workspace_id.to_string()).or_default().clone()
     }
 
     /// Graceful shutdown, first half: refuse new connections and close the live

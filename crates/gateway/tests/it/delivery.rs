@@ -184,3 +184,24 @@ async fn the_workspace_is_unsubscribed_after_the_last_reader_leaves() {
     let node = gw.node.clone();
     wait_until(move || node.metrics.subscribed_workspaces.get() == 0).await;
 }
+
+#[tokio::test]
+async fn a_reader_returning_before_the_delayed_unsubscribe_keeps_one_subscription() {
+    let gw = TestGateway::start_with(|c| c.unsubscribe_delay = std::time::Duration::from_millis(300)).await;
+    let first = gw.client("acme", "").await;
+    drop(first);
+    gw.wait_for_connections(0).await;
+    // Back before the delayed unsubscribe fires: still one subscription, and it stays.
+    let mut again = gw.client("acme", "").await;
+    assert_eq!(gw.node.metrics.subscribed_workspaces.get(), 1);
+    gw.publish("acme", "still_subscribed", None, json!(null)).await;
+    assert_eq!(again.next_json().await["type"], "still_subscribed");
+    let other = gw.client("other", "").await;
+    let node = gw.node.clone();
+    wait_until(move || node.metrics.subscribed_workspaces.get() == 2).await;
+    drop(other);
+    let node = gw.node.clone();
+    wait_until(move || node.metrics.subscribed_workspaces.get() == 1).await;
+    gw.publish("acme", "after_other_left", None, json!(null)).await;
+    assert_eq!(again.next_json().await["type"], "after_other_left");
+}
