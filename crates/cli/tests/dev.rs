@@ -255,9 +255,7 @@ async fn oversized_and_malformed_publishes_are_refused_and_publish_nothing() {
         let r = request.send().await.unwrap();
         assert_eq!(r.status().as_u16(), status);
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        if status != 413 {
-            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-        }
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{status}: {body}");
     }
     // Nothing of the above was stored: the history holds only what follows.
     let ok = http.post(&url).bearer_auth(&dev.publish_token).json(&json!({"type": "ok"})).send().await.unwrap();
@@ -267,4 +265,20 @@ async fn oversized_and_malformed_publishes_are_refused_and_publish_nothing() {
     let types: Vec<&str> =
         page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).filter(|t| *t != "metrics_update").collect();
     assert_eq!(types, ["ok"]);
+}
+
+#[tokio::test]
+async fn each_webhook_is_enabled_by_its_own_option() {
+    // Only GitLab and Argo CD configured: those answer 401 to a wrong credential,
+    // the other two are 404 (disabled).
+    let dev = start_dev(&["--gitlab-webhook-token", "gl", "--argocd-webhook-token", "cd"]);
+    let http = reqwest::Client::new();
+    let status = |source: &'static str| {
+        let req = http.post(format!("{}/webhooks/{source}", dev.base)).header("x-gitlab-token", "wrong").bearer_auth("wrong").body("{}");
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("gitlab").await, 401);
+    assert_eq!(status("argocd").await, 401);
+    assert_eq!(status("github").await, 404);
+    assert_eq!(status("backstage").await, 404);
 }

@@ -325,6 +325,9 @@ async fn a_signed_github_deployment_status_reaches_a_websocket_client_of_the_rou
     }
     let r = request.send().await.unwrap();
     assert_eq!(r.status(), 202);
+    let r = reqwest::get(format!("{}/nowhere", publisher.base())).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_found", "the publisher's 404 is JSON too");
 
     let e = next_json(&mut client.ws).await.unwrap();
     assert_eq!(

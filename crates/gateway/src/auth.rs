@@ -1,4 +1,5 @@
-//! Client token verification (HS256 JWT) and what a token grants.
+//! Client token verification (HS256 secret, PEM public key or JWKS, the
+//! algorithm always bound to the key) and what a token grants.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::{Deserialize, Serialize};

@@ -41,7 +41,11 @@ pub fn router(node: Arc<Node>, registry: Registry) -> Router {
         .merge(Router::new().route("/metrics", get(admin::metrics)).with_state(registry))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
     let streams = Router::new().route("/ws", get(ws::upgrade)).route("/v1/workspaces/{id}/events/stream", get(http::sse)).with_state(node);
-    plain.merge(streams).layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY)).fallback(not_found)
+    plain
+        .merge(streams)
+        .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(tidings_process::json_errors))
 }
 
 /// JSON 404 for unknown paths.

@@ -1,6 +1,7 @@
 //! Process plumbing every Tidings binary shares: how a bad option ends the
-//! program (one line, exit 2, before binding), logging setup, and the
-//! SIGTERM/SIGINT future that starts graceful shutdown.
+//! program (one line, exit 2, before binding), logging setup, the
+//! SIGTERM/SIGINT future that starts graceful shutdown, and the JSON shape of
+//! errors produced below the handlers.
 
 /// Parses the command line; a bad or unknown option prints one line and exits 2
 /// before anything binds a port (`--help` and `--version` print as usual).
@@ -45,4 +46,32 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
+}
+
+/// Gives error answers produced below the handlers (a body over the limit:
+/// 413; a request timeout: 503; an unknown route: 404) the JSON shape of every
+/// other error, `{"error":{"code":"…","message":"…"}}`. Answers that are
+/// already JSON pass untouched. Use with `axum::middleware::map_response`.
+pub async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    let status = response.status();
+    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is larger than allowed"),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the request took too long; try again"),
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this endpoint does not take that method"),
+        _ => ("bad_request", "the request could not be read"),
+    };
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut json = (status, axum::Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        json.headers_mut().insert(header::RETRY_AFTER, retry_after.unwrap_or(HeaderValue::from_static("1")));
+    }
+    json
 }

@@ -1,5 +1,5 @@
-//! The Tidings publisher: turns HTTP publishes (and, next, webhooks) and host
-//! metrics into durable events on the broker.
+//! The Tidings publisher: turns HTTP publishes, webhooks (GitHub, GitLab,
+//! Backstage, Argo CD) and host metrics into durable events on the broker.
 //!
 //! Entry points: [`Publisher::new`], [`api_router`] (the publish endpoints alone,
 //! which `tidings dev` mounts beside the gateway), [`router`] (with admin
@@ -72,8 +72,12 @@ impl WebhookArgs {
             Some(path) => routes::Routes::load(path)?,
             None => routes::Routes::default(),
         };
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         Ok(PublisherConfig {
-            github_secret: self.github_webhook_secret.clone().filter(|s| !s.is_empty()),
+            github_secret: set(&self.github_webhook_secret),
+            gitlab_token: set(&self.gitlab_webhook_token),
+            backstage_token: set(&self.backstage_webhook_token),
+            argocd_token: set(&self.argocd_webhook_token),
             routes,
             ..PublisherConfig::new(publish_token)
         })
@@ -125,6 +129,7 @@ pub fn api_router(publisher: Arc<Publisher>) -> Router {
         .route("/webhooks/argocd", post(webhooks::http::argocd))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(axum::middleware::map_response(tidings_process::json_errors))
         .with_state(publisher)
 }
 
@@ -139,5 +144,10 @@ pub fn router(publisher: Arc<Publisher>, registry: prometheus::Registry) -> Rout
         .with_state(publisher.clone())
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
     let metrics = Router::new().route("/metrics", get(publish::metrics)).with_state(registry);
-    api_router(publisher).merge(admin).merge(metrics)
+    // An unknown path answers the JSON 404 too (`tidings dev` gets the gateway's).
+    api_router(publisher)
+        .merge(admin)
+        .merge(metrics)
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+        .layer(axum::middleware::map_response(tidings_process::json_errors))
 }
