@@ -211,7 +211,7 @@ impl RedisBroker {
             let mut pool_config = deadpool_redis::Config::from_url(urls[0].clone());
             pool_config.pool = Some(pool_settings);
             let pool = pool_config.create_pool(runtime).map_err(|e| bad_config(&e))?;
-            (Commands::Single(pool), SubscriberSource::Single(client))
+            (Commands::Single(pool), SubscriberSource::Single(Box::new(client)))
         };
         let shared = Arc::new(Shared {
             commands,
@@ -224,7 +224,7 @@ impl RedisBroker {
             reconnects: AtomicU64::new(0),
         });
         match subscriber {
-            SubscriberSource::Single(client) => tokio::spawn(pubsub_loop(client, Arc::downgrade(&shared))),
+            SubscriberSource::Single(client) => tokio::spawn(pubsub_loop(*client, Arc::downgrade(&shared))),
             SubscriberSource::Cluster(client, rx) => tokio::spawn(cluster_pubsub_loop(*client, rx, Arc::downgrade(&shared))),
         };
         Ok(Self { shared, script: Arc::new(redis::Script::new(PUBLISH_SCRIPT)) })
@@ -316,7 +316,7 @@ impl RedisBroker {
 
 /// Where the pub/sub task gets its connection from.
 enum SubscriberSource {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(Box<redis::cluster::ClusterClient>, tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 

@@ -209,3 +209,54 @@ async fn delivery_claims_and_entity_links_live_in_redis() {
     assert!(broker.is_revoked("j1").await.unwrap());
     assert!(!broker.is_revoked("j2").await.unwrap());
 }
+
+#[tokio::test]
+async fn rediss_urls_speak_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("redis.crt"), dir.path().join("redis.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tls_port = tidings_testkit::free_port().to_string();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let redis = TestRedis::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert,
+        "--tls-key-file",
+        key,
+        "--tls-ca-cert-file",
+        cert,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    // A self-signed server certificate: `#insecure` skips verification (a real
+    // deployment uses a certificate its system roots trust, and no fragment).
+    let seen = Arc::new(Collect::default());
+    let url = format!("rediss://127.0.0.1:{tls_port}/#insecure");
+    let broker = RedisBroker::connect(RedisConfig::new(url, 100), seen.clone()).unwrap();
+    ready(&broker).await;
+    broker.subscribe("w").await.unwrap();
+    let id = broker.publish(event("w", 1)).await.unwrap().id.unwrap().to_string();
+    wait_until("delivery over TLS", || seen.ids("w") == [id.clone()]).await;
+    assert_eq!(redis.cli(&["XLEN", "workspace:w:events"]), "1");
+}
