@@ -95,6 +95,19 @@ pub async fn sse(
     query: Result<Query<EventsParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let refused = |e: ApiError| {
+        node.metrics.connections_refused.with_label_values(&[crate::ws::refusal_label(&e)]).inc();
+        e
+    };
+    sse_stream(node.clone(), workspace_id, query, headers).await.map_err(refused)
+}
+
+async fn sse_stream(
+    node: Arc<Node>,
+    workspace_id: String,
+    query: Result<Query<EventsParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     if node.is_draining() {
         return Err(ApiError::unavailable("the gateway is draining; reconnect to another instance"));
     }
@@ -138,6 +151,16 @@ pub async fn sse(
     if node.is_draining() {
         conn.outbox.close(tidings_protocol::codes::close::DRAINING, "draining");
     }
+    // EventSource cannot send a fresh token, so the stream ends at `exp` (the
+    // browser reconnects with a new one and `Last-Event-ID`).
+    let expiring = Arc::downgrade(&conn);
+    let ttl = std::time::Duration::from_secs(access.claims.exp.saturating_sub(crate::auth::unix_now()));
+    tokio::spawn(async move {
+        tokio::time::sleep(ttl).await;
+        if let Some(conn) = expiring.upgrade() {
+            conn.outbox.close(tidings_protocol::codes::close::TOKEN_EXPIRED, "token expired");
+        }
+    });
 
     let stream = futures_util::stream::unfold(Some(guard), |guard| async move {
         let guard = guard?;

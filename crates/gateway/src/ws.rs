@@ -85,7 +85,8 @@ pub async fn upgrade(
     }
 }
 
-fn refusal_label(e: &ApiError) -> &'static str {
+/// The `reason` label of a refused connection, by status.
+pub(crate) fn refusal_label(e: &ApiError) -> &'static str {
     match e.status.as_u16() {
         400 => "bad_request",
         401 => "unauthorized",

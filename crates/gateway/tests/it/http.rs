@@ -157,3 +157,24 @@ async fn admin_endpoints() {
         assert!(text.contains(family), "missing {family} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn an_sse_stream_ends_with_a_close_event_when_its_token_expires() {
+    let gw = TestGateway::start().await;
+    let mut claims = claims("acme", "u");
+    claims.exp = tidings_gateway::auth::unix_now() + 1;
+    let response =
+        reqwest::Client::new().get(format!("{}/v1/workspaces/acme/events/stream?token={}", gw.base(), sign(&claims))).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let events = sse_events(&mut body, 2).await;
+    assert_eq!(events[0].0, "connected");
+    assert_eq!((events[1].0.as_str(), &events[1].2["code"]), ("close", &json!(4001)));
+    let refused_before = gw.node.metrics.connections_refused.with_label_values(&["unauthorized"]).get();
+    assert_eq!(get(&gw, "/v1/workspaces/acme/events/stream?token=junk", None).await.0, 401);
+    assert_eq!(
+        gw.node.metrics.connections_refused.with_label_values(&["unauthorized"]).get(),
+        refused_before + 1,
+        "SSE refusals are counted"
+    );
+}
