@@ -38,9 +38,19 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// `payload` is the event JSON exactly as published on `workspace:<id>`.
     fn on_message(&self, workspace_id: &str, payload: Bytes);
 
+    /// The workspaces that have local readers now: the one source of truth for
+    /// what the broker subscribes to. The broker re-derives its subscriptions
+    /// from it after every reconnect, and checks it before unsubscribing.
+    fn workspaces(&self) -> Vec<String>;
+
     /// The broker lost its connection and is back (after re-subscribing and
     /// replaying what it missed).
     fn on_reconnect(&self) {}
+
+    /// Events of this workspace were missed while the broker was away and are no
+    /// longer in history (trimmed, or the store lost its data): local readers
+    /// must learn it, by reconnecting with `since` and getting `recovered: false`.
+    fn on_gap(&self, _workspace_id: &str) {}
 
     /// A token id was revoked (the `tidings:revocations` channel).
     fn on_revoked(&self, _jti: &str) {}
@@ -52,6 +62,10 @@ pub struct PublishOnly;
 
 impl MessageHandler for PublishOnly {
     fn on_message(&self, _workspace_id: &str, _payload: Bytes) {}
+
+    fn workspaces(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A durable event as stored in history.
@@ -94,10 +108,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Live-only publish: delivered to current subscribers, never stored.
     fn publish_live(&self, event: Event) -> BoxFuture<'_, Result<(), BrokerError>>;
 
-    /// Starts delivering the workspace's messages to this process's handler.
+    /// Starts delivering the workspace's messages to this process's handler,
+    /// which must list it in [`MessageHandler::workspaces`] already. An error
+    /// means the broker cannot serve the workspace now (the caller answers 503).
     fn subscribe<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// Stops delivering the workspace's messages.
+    /// Stops delivering the workspace's messages, unless the handler has readers
+    /// of it again. Never leaves the broker disagreeing with the handler: a
+    /// failure is repaired by a reconnect that re-derives the subscriptions.
     fn unsubscribe<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Up to `limit` events after `since`, or the newest `limit` without it.

@@ -110,7 +110,9 @@ impl MemoryBroker {
     fn history_now(&self, workspace_id: &str, since: Option<EventId>, limit: usize) -> HistoryPage {
         let state = self.lock();
         let Some(log) = state.logs.get(workspace_id) else {
-            return HistoryPage { recovered: true, ..HistoryPage::default() };
+            // An id of a workspace this broker never held came from an earlier
+            // process (e.g. `tidings dev` restarted): what followed it is lost.
+            return HistoryPage { recovered: since.is_none_or(|s| s == EventId::ZERO), ..HistoryPage::default() };
         };
         let last_id = log.events.back().map(|e| e.id);
         match since {
@@ -122,7 +124,7 @@ impl MemoryBroker {
                 let start = log.events.partition_point(|e| e.id <= since);
                 let events: Vec<StoredEvent> = log.events.iter().skip(start).take(limit).cloned().collect();
                 let more = log.events.len() - start > events.len();
-                let recovered = log.last_trimmed.is_none_or(|trimmed| since >= trimmed);
+                let recovered = since <= log.last_id && log.last_trimmed.is_none_or(|trimmed| since >= trimmed);
                 HistoryPage { events, recovered, more, last_id }
             }
         }
@@ -146,7 +148,10 @@ impl Broker for MemoryBroker {
     }
 
     fn unsubscribe<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.lock().subscribed.remove(workspace_id);
+        let still_read = self.handler.get().is_some_and(|h| h.workspaces().iter().any(|w| w == workspace_id));
+        if !still_read {
+            self.lock().subscribed.remove(workspace_id);
+        }
         ready(Ok(())).boxed()
     }
 
@@ -232,6 +237,10 @@ mod tests {
         fn on_message(&self, workspace_id: &str, payload: Bytes) {
             self.0.lock().unwrap().push((workspace_id.to_string(), payload));
         }
+
+        fn workspaces(&self) -> Vec<String> {
+            Vec::new()
+        }
     }
 
     fn event(ws: &str, n: u64) -> Event {
@@ -281,7 +290,10 @@ mod tests {
         assert_eq!(page.last_id, Some(ids[7]));
 
         let empty = broker.history("nobody", Some(EventId::new(1, 0)), 10).await.unwrap();
-        assert!(empty.recovered && empty.events.is_empty());
+        assert!(!empty.recovered && empty.events.is_empty(), "an id from a log this broker never held cannot be recovered");
+        assert!(broker.history("nobody", Some(EventId::ZERO), 10).await.unwrap().recovered);
+        let ahead = broker.history("w", Some(EventId::new(ids[7].ms + 1, 0)), 10).await.unwrap();
+        assert!(!ahead.recovered, "an id newer than anything stored was lost");
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@
 //! published while it was away, so local clients see no gap when Redis kept
 //! its data.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tidings_protocol::keys::{REVOCATIONS_CHANNEL, WorkspaceKeys};
 use tidings_protocol::payloads::is_conflatable;
 use tidings_protocol::{Event, EventId};
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, BrokerError, HistoryPage, LatestEvent, MessageHandler, StoredEvent};
 
@@ -30,8 +31,11 @@ pub const PUBLISH_SCRIPT: &str = include_str!("../../../scripts/publish.lua");
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often the pub/sub connection is probed, so a silent network failure is noticed.
-const PUBSUB_PING_EVERY: Duration = Duration::from_secs(5);
+/// How often the pub/sub connection is probed by default, so a silent network
+/// failure is noticed.
+pub const PUBSUB_PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Events read per history request when replaying after a reconnect.
+const REPLAY_PAGE: usize = 1000;
 
 /// Settings of a Redis broker.
 #[derive(Debug, Clone)]
@@ -42,11 +46,18 @@ pub struct RedisConfig {
     /// Redis Cluster: hash-tagged key names and sharded pub/sub.
     pub cluster: bool,
     pub history_size: usize,
+    /// How often the pub/sub connection is probed with `PING`.
+    pub pubsub_probe: Duration,
 }
 
 impl RedisConfig {
     pub fn new(url: impl Into<String>, history_size: usize) -> Self {
-        Self { url: url.into(), cluster: false, history_size }
+        Self { url: url.into(), cluster: false, history_size, pubsub_probe: PUBSUB_PROBE_EVERY }
+    }
+
+    /// The same settings for a Redis Cluster (or not).
+    pub fn with_cluster(self, cluster: bool) -> Self {
+        Self { cluster, ..self }
     }
 
     fn urls(&self) -> Vec<String> {
@@ -57,7 +68,7 @@ impl RedisConfig {
 /// Checks `TIDINGS_REDIS_URL` (one URL, or comma-separated seeds in cluster
 /// mode) without connecting, so a typo stops the program before it binds.
 pub fn check_redis_urls(url: &str, cluster: bool) -> Result<(), String> {
-    let urls = RedisConfig { url: url.to_string(), cluster, history_size: 1 }.urls();
+    let urls = RedisConfig::new(url, 1).with_cluster(cluster).urls();
     if urls.is_empty() {
         return Err("TIDINGS_REDIS_URL is empty".into());
     }
@@ -138,13 +149,29 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 /// A stream entry as XRANGE answers it: id and field/value pairs.
 type Entry = (String, Vec<(String, Vec<u8>)>);
 
-/// What the pub/sub side shares with the broker handle.
+/// The pub/sub connection as it is now. What it *should* be subscribed to is
+/// not kept here: it is re-derived from [`MessageHandler::workspaces`] (the
+/// workspaces with local readers) on every connect and re-checked on every
+/// unsubscribe, so a failed command cannot leave the two disagreeing.
 struct PubSubState {
-    /// Workspaces this process wants, and the newest id delivered for each
-    /// (what a reconnect replays after).
-    wanted: HashMap<String, Option<EventId>>,
+    /// Workspaces subscribed on the current connection.
+    subscribed: HashSet<String>,
     /// The live connection's command half, when connected.
     sink: Option<Subscriber>,
+    /// Cancelled to give up the current connection (a command on it failed),
+    /// so the pub/sub task reconnects and re-derives every subscription.
+    session: CancellationToken,
+}
+
+impl PubSubState {
+    /// Drops the current connection after a failed command on it.
+    fn abandon(&mut self, why: &BrokerError) {
+        if self.sink.take().is_some() {
+            tracing::warn!(error = %why, "redis pub/sub command failed; reconnecting");
+        }
+        self.subscribed.clear();
+        self.session.cancel();
+    }
 }
 
 struct Shared {
@@ -152,11 +179,15 @@ struct Shared {
     cluster: bool,
     handler: Arc<dyn MessageHandler>,
     history_size: usize,
-    /// An async mutex: held across SUBSCRIBE round trips so a reconnect and a
-    /// new subscription cannot interleave and lose one.
+    pubsub_probe: Duration,
+    /// An async mutex: held across SUBSCRIBE round trips and replays so that a
+    /// reconnect, a new subscription and an unsubscribe never interleave.
     pubsub: tokio::sync::Mutex<PubSubState>,
-    /// Newest delivered id per workspace, readable without the async lock on the hot path.
-    delivered: Mutex<HashMap<String, EventId>>,
+    /// Per workspace followed here: the newest id delivered, or the stream's
+    /// last id when the subscription started (`ZERO` for an empty stream), which
+    /// is where a replay after a reconnect continues. A std mutex: read and
+    /// written per message on the delivery path, never across an await.
+    positions: Mutex<HashMap<String, EventId>>,
     connected: AtomicBool,
     reconnects: AtomicU64,
 }
@@ -218,8 +249,9 @@ impl RedisBroker {
             cluster: config.cluster,
             handler,
             history_size: config.history_size.max(1),
-            pubsub: tokio::sync::Mutex::new(PubSubState { wanted: HashMap::new(), sink: None }),
-            delivered: Mutex::new(HashMap::new()),
+            pubsub_probe: config.pubsub_probe,
+            pubsub: tokio::sync::Mutex::new(PubSubState { subscribed: HashSet::new(), sink: None, session: CancellationToken::new() }),
+            positions: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
         });
@@ -279,29 +311,61 @@ impl RedisBroker {
             .collect())
     }
 
+    /// Follows a workspace the handler now has a reader of. Fails only when its
+    /// start position cannot be read (Redis down): then nothing changed and the
+    /// caller refuses the connection. A failed SUBSCRIBE is not the caller's
+    /// problem: the connection is abandoned and the reconnect subscribes and
+    /// replays from the recorded position.
     async fn add_subscription(&self, workspace_id: &str) -> Result<(), BrokerError> {
-        let channel = self.keys(workspace_id).channel;
-        // Where this subscription starts: live delivery covers what follows,
-        // a reconnect replays after it.
-        let start = self.shared.last_stream_id(workspace_id).await.ok().flatten();
         let mut state = self.shared.pubsub.lock().await;
-        if state.wanted.contains_key(workspace_id) {
+        if state.subscribed.contains(workspace_id) {
             return Ok(());
         }
-        state.wanted.insert(workspace_id.to_string(), start);
-        if let Some(sink) = state.sink.as_mut() {
-            sink.subscribe(&channel).await?;
+        self.shared.ensure_position(workspace_id).await?;
+        let channel = self.keys(workspace_id).channel;
+        let Some(sink) = state.sink.as_mut() else {
+            // Reconnecting: the new connection subscribes what the handler reads.
+            return Ok(());
+        };
+        match sink.subscribe(&channel).await {
+            // On a cluster, the confirmation push replays from the recorded
+            // position what was published between reading it and now.
+            Ok(()) => {
+                state.subscribed.insert(workspace_id.to_string());
+            }
+            Err(e) if self.shared.cluster => {
+                // The cluster connection stays; subscribe this channel again until it takes.
+                tracing::warn!(workspace_id, error = %e, "cluster ssubscribe failed; retrying in the background");
+                state.subscribed.insert(workspace_id.to_string());
+                tokio::spawn(resubscribe(Arc::downgrade(&self.shared), channel));
+            }
+            Err(e) => state.abandon(&e),
         }
         Ok(())
     }
 
+    /// Stops following a workspace, unless the handler has a reader of it again
+    /// (the handler is the truth; this is re-checked under the lock).
     async fn remove_subscription(&self, workspace_id: &str) -> Result<(), BrokerError> {
-        let channel = self.keys(workspace_id).channel;
         let mut state = self.shared.pubsub.lock().await;
-        state.wanted.remove(workspace_id);
-        self.shared.delivered.lock().unwrap_or_else(|p| p.into_inner()).remove(workspace_id);
-        if let Some(sink) = state.sink.as_mut() {
-            sink.unsubscribe(&channel).await?;
+        if self.shared.handler.workspaces().iter().any(|w| w == workspace_id) {
+            return Ok(());
+        }
+        self.shared.positions.lock().unwrap_or_else(|p| p.into_inner()).remove(workspace_id);
+        if !state.subscribed.remove(workspace_id) {
+            return Ok(());
+        }
+        let channel = self.keys(workspace_id).channel;
+        if let Some(sink) = state.sink.as_mut()
+            && let Err(e) = sink.unsubscribe(&channel).await
+        {
+            if self.shared.cluster {
+                // Messages of an unwanted channel are dropped by the hub; the
+                // next topology change drops the subscription.
+                tracing::warn!(workspace_id, error = %e, "cluster sunsubscribe failed");
+            } else {
+                state.abandon(&e);
+            }
         }
         Ok(())
     }
@@ -363,40 +427,62 @@ impl Shared {
         let mut events = stored(entries);
         let more = events.len() > limit;
         events.truncate(limit);
-        // Trimming check (SPEC §3.2 `recovered`). On Redis 7.0, MAXLEN ~ trimming
-        // leaves max-deleted-entry-id at 0-0, so compare with the first entry and
-        // the count of entries ever added instead.
         let info: redis::Value = match self.commands.query(redis::cmd("XINFO").arg("STREAM").arg(&keys.events)).await {
             Ok(v) => v,
-            Err(e) if e.to_string().contains("no such key") => return Ok(HistoryPage { events, recovered: true, more, last_id: None }),
+            Err(e) if e.to_string().contains("no such key") => {
+                // No stream at all: a client holding an id lost it with the stream.
+                return Ok(HistoryPage { events, recovered: since == EventId::ZERO, more, last_id: None });
+            }
             Err(e) => return Err(e),
         };
         let stream = StreamInfo::from_value(&info);
-        let trimmed = stream.entries_added.saturating_sub(stream.length) > 0;
-        let recovered = !trimmed
-            || stream.max_deleted.is_some_and(|d| d != EventId::ZERO && since >= d)
-            || stream.first_entry.is_some_and(|first| since >= predecessor(first));
+        let recovered = stream.still_holds_everything_after(since);
         Ok(HistoryPage { events, recovered, more, last_id: stream.last_generated })
     }
 
-    /// Replays, per wanted workspace, what its stream holds after the newest id
-    /// delivered here (or after where the subscription started).
-    async fn replay_missed(&self, workspaces: Vec<(String, Option<EventId>)>) -> Result<(), BrokerError> {
-        for (workspace_id, start) in workspaces {
-            let delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&workspace_id).copied();
-            // Nothing delivered and the stream was empty at subscribe: all of it is new.
-            let after = delivered.or(start).unwrap_or(EventId::ZERO);
-            let page = self.read_history(&workspace_id, Some(after), self.history_size).await?;
-            if !page.events.is_empty() {
-                tracing::info!(workspace_id, replayed = page.events.len(), "replaying events missed while disconnected");
+    /// Records where following `workspace_id` starts, unless it is followed
+    /// already: the stream's newest id now (live delivery covers what follows).
+    async fn ensure_position(&self, workspace_id: &str) -> Result<(), BrokerError> {
+        if self.positions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(workspace_id) {
+            return Ok(());
+        }
+        let start = self.last_stream_id(workspace_id).await?.unwrap_or(EventId::ZERO);
+        self.positions.lock().unwrap_or_else(|p| p.into_inner()).entry(workspace_id.to_string()).or_insert(start);
+        Ok(())
+    }
+
+    fn position(&self, workspace_id: &str) -> Option<EventId> {
+        self.positions.lock().unwrap_or_else(|p| p.into_inner()).get(workspace_id).copied()
+    }
+
+    /// Replays what the workspace's stream received after the newest id
+    /// delivered here, page by page until it is caught up. Where history no
+    /// longer reaches back that far (trimmed, or Redis lost its data), the
+    /// handler is told with [`MessageHandler::on_gap`].
+    async fn replay_missed(&self, workspace_id: &str) -> Result<(), BrokerError> {
+        let mut replayed = 0usize;
+        loop {
+            let Some(after) = self.position(workspace_id) else { return Ok(()) };
+            let page = self.read_history(workspace_id, Some(after), REPLAY_PAGE).await?;
+            if !page.recovered {
+                tracing::warn!(workspace_id, after = %after, "events missed while disconnected are no longer in history");
+                self.handler.on_gap(workspace_id);
             }
+            replayed += page.events.len();
             for event in page.events {
-                self.deliver(&workspace_id, event.json);
+                self.deliver(workspace_id, event.json);
             }
+            if !page.more {
+                break;
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(workspace_id, replayed, "replayed events missed while disconnected");
         }
         Ok(())
     }
 }
+
 /// The parts of `XINFO STREAM` the trimming check reads.
 #[derive(Debug, Default)]
 struct StreamInfo {
@@ -408,6 +494,27 @@ struct StreamInfo {
 }
 
 impl StreamInfo {
+    /// SPEC §3.2 `recovered`: is every event after `since` still stored?
+    ///
+    /// Every id a client holds was generated by this stream, and trimming only
+    /// removes from the front, so an id older than the first entry means what
+    /// followed it may be gone: trimmed, or lost with Redis's data (a restart
+    /// without persistence starts a new stream whose first entry is newer than
+    /// any id of the old one). An id newer than anything the stream generated
+    /// means the stream lost writes (e.g. a failover). On Redis 7.0, MAXLEN ~
+    /// trimming leaves max-deleted-entry-id at 0-0, hence the first-entry test.
+    fn still_holds_everything_after(&self, since: EventId) -> bool {
+        if since == EventId::ZERO {
+            // "Everything": nothing may ever have been removed.
+            return self.entries_added == self.length;
+        }
+        if self.last_generated.is_none_or(|last| since > last) {
+            return false;
+        }
+        self.max_deleted.is_some_and(|d| d != EventId::ZERO && since >= d)
+            || self.first_entry.is_some_and(|first| since >= predecessor(first))
+    }
+
     fn from_value(v: &redis::Value) -> Self {
         use redis::Value;
         let pairs: Vec<(&Value, &Value)> = match v {
@@ -459,19 +566,26 @@ impl Shared {
     /// live delivery can overlap around a reconnect).
     fn deliver(&self, workspace_id: &str, payload: Bytes) {
         if let Some(id) = event_id(&payload) {
-            let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
-            match delivered.get(workspace_id) {
-                Some(last) if id <= *last => return,
-                _ => {
-                    delivered.insert(workspace_id.to_string(), id);
+            let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(last) = positions.get_mut(workspace_id) {
+                if id <= *last {
+                    return;
                 }
+                *last = id;
             }
         }
         self.handler.on_message(workspace_id, payload);
     }
 
-    async fn wanted(&self) -> Vec<(String, Option<EventId>)> {
-        self.pubsub.lock().await.wanted.iter().map(|(w, start)| (w.clone(), *start)).collect()
+    /// The workspaces to follow now (the handler's readers), each with a start
+    /// position; positions of workspaces nobody reads any more are forgotten.
+    async fn derive_subscriptions(&self) -> Result<Vec<String>, BrokerError> {
+        let wanted = self.handler.workspaces();
+        for workspace_id in &wanted {
+            self.ensure_position(workspace_id).await?;
+        }
+        self.positions.lock().unwrap_or_else(|p| p.into_inner()).retain(|w, _| wanted.contains(w));
+        Ok(wanted)
     }
 }
 
@@ -486,13 +600,17 @@ async fn pubsub_loop(client: redis::Client, shared: std::sync::Weak<Shared>) {
     loop {
         let Some(state) = shared.upgrade() else { return };
         match connect_pubsub(&client, &state, lost_once).await {
-            Ok(stream) => {
+            Ok((stream, session)) => {
                 backoff = BACKOFF_MIN;
+                let probe = state.pubsub_probe;
                 drop(state);
-                read_until_lost(stream, &shared).await;
+                read_until_lost(stream, &shared, probe, &session).await;
                 let Some(state) = shared.upgrade() else { return };
                 state.connected.store(false, Ordering::Relaxed);
-                state.pubsub.lock().await.sink = None;
+                let mut guard = state.pubsub.lock().await;
+                guard.sink = None;
+                guard.subscribed.clear();
+                drop(guard);
                 tracing::warn!("redis pub/sub connection lost; reconnecting");
                 lost_once = true;
             }
@@ -505,34 +623,58 @@ async fn pubsub_loop(client: redis::Client, shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// Opens the pub/sub connection, subscribes every wanted workspace, and after a
-/// loss replays what each workspace's stream received meanwhile.
-async fn connect_pubsub(client: &redis::Client, shared: &Arc<Shared>, replay: bool) -> Result<PubSubStream, BrokerError> {
+/// Opens the pub/sub connection, subscribes every workspace the handler has
+/// readers of, and after a loss replays what each stream received meanwhile.
+async fn connect_pubsub(
+    client: &redis::Client,
+    shared: &Arc<Shared>,
+    replay: bool,
+) -> Result<(PubSubStream, CancellationToken), BrokerError> {
     let pubsub = timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await.map_err(unavailable)?.map_err(unavailable)?;
     let (sink, stream) = pubsub.split();
     let mut sink = Subscriber::Single(sink);
     sink.subscribe(REVOCATIONS_CHANNEL).await?;
     let mut state = shared.pubsub.lock().await;
-    for workspace_id in state.wanted.keys() {
+    let wanted = shared.derive_subscriptions().await?;
+    for workspace_id in &wanted {
         sink.subscribe(&WorkspaceKeys::new(workspace_id, false).channel).await?;
     }
     if replay {
         shared.reconnects.fetch_add(1, Ordering::Relaxed);
-        let wanted: Vec<(String, Option<EventId>)> = state.wanted.iter().map(|(w, start)| (w.clone(), *start)).collect();
-        shared.replay_missed(wanted).await?;
+        for workspace_id in &wanted {
+            shared.replay_missed(workspace_id).await?;
+        }
         shared.handler.on_reconnect();
     }
+    state.subscribed = wanted.into_iter().collect();
     state.sink = Some(sink);
+    state.session = CancellationToken::new();
     shared.connected.store(true, Ordering::Relaxed);
-    tracing::info!(workspaces = state.wanted.len(), "redis pub/sub connected");
-    Ok(stream)
+    tracing::info!(workspaces = state.subscribed.len(), "redis pub/sub connected");
+    Ok((stream, state.session.clone()))
 }
 
-async fn read_until_lost(mut stream: PubSubStream, shared: &std::sync::Weak<Shared>) {
-    let mut probe = tokio::time::interval(PUBSUB_PING_EVERY);
+/// A `PING` answer on a pub/sub connection: `PONG` (RESP3, or before any
+/// SUBSCRIBE) or, once subscribed under RESP2, the array `["pong", ""]`.
+fn is_pong(reply: &redis::Value) -> bool {
+    use redis::Value;
+    let pong = |v: &Value| match v {
+        Value::SimpleString(s) => s.eq_ignore_ascii_case("pong"),
+        Value::BulkString(b) => b.eq_ignore_ascii_case(b"pong"),
+        _ => false,
+    };
+    match reply {
+        Value::Array(items) => items.first().is_some_and(pong),
+        other => pong(other),
+    }
+}
+
+async fn read_until_lost(mut stream: PubSubStream, shared: &std::sync::Weak<Shared>, probe_every: Duration, session: &CancellationToken) {
+    let mut probe = tokio::time::interval(probe_every);
     probe.tick().await;
     loop {
         tokio::select! {
+            _ = session.cancelled() => return,
             msg = stream.next() => {
                 let Some(msg) = msg else { return };
                 let Some(state) = shared.upgrade() else { return };
@@ -546,10 +688,22 @@ async fn read_until_lost(mut stream: PubSubStream, shared: &std::sync::Weak<Shar
             _ = probe.tick() => {
                 let Some(state) = shared.upgrade() else { return };
                 let mut guard = state.pubsub.lock().await;
-                if let Some(Subscriber::Single(sink)) = guard.sink.as_mut()
-                    && !matches!(timeout(COMMAND_TIMEOUT, sink.ping::<String>()).await, Ok(Ok(_)))
-                {
-                    return;
+                if let Some(Subscriber::Single(sink)) = guard.sink.as_mut() {
+                    match timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(reply)) if is_pong(&reply) => {}
+                        Ok(Ok(reply)) => {
+                            tracing::warn!(?reply, "redis pub/sub probe got an unexpected answer");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "redis pub/sub probe failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!("redis pub/sub probe timed out");
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -582,7 +736,15 @@ async fn cluster_pubsub_loop(
                     tracing::warn!(error = %e, "subscribing to revocations failed");
                     failed = true;
                 }
-                for workspace_id in guard.wanted.keys() {
+                let wanted = match state.derive_subscriptions().await {
+                    Ok(wanted) => wanted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading stream positions failed");
+                        failed = true;
+                        Vec::new()
+                    }
+                };
+                for workspace_id in &wanted {
                     if let Err(e) = sink.subscribe(&WorkspaceKeys::new(workspace_id, true).channel).await {
                         tracing::warn!(error = %e, "cluster ssubscribe failed");
                         failed = true;
@@ -590,6 +752,7 @@ async fn cluster_pubsub_loop(
                     }
                 }
                 if !failed {
+                    guard.subscribed = wanted.into_iter().collect();
                     guard.sink = Some(sink);
                     state.connected.store(true, Ordering::Relaxed);
                     drop(guard);
@@ -624,28 +787,32 @@ async fn cluster_pubsub_loop(
             }
             redis::PushKind::SSubscribe => {
                 let Some(channel) = channel else { continue };
-                if !confirmed.insert(channel.clone()) {
+                let Some(workspace_id) = workspace_of(&channel).map(String::from) else { continue };
+                let again = !confirmed.insert(channel.clone());
+                if again {
                     // Re-subscribed after a disconnect, failover or slot move.
                     state.reconnects.fetch_add(1, Ordering::Relaxed);
-                    let Some(workspace_id) = workspace_of(&channel).map(String::from) else { continue };
-                    let start = state.wanted().await.into_iter().find(|(w, _)| *w == workspace_id);
-                    if let Some(entry) = start {
-                        // Inline, so the older replayed events go before the live
-                        // ones that queue up in the push channel meanwhile. The
-                        // cluster may still be settling, so retry until it answers.
-                        let mut backoff = BACKOFF_MIN;
-                        while let Err(e) = state.replay_missed(vec![entry.clone()]).await {
-                            tracing::warn!(error = %e, retry_in = ?backoff, "cluster replay failed");
-                            tokio::time::sleep(jittered(backoff)).await;
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
-                        }
-                        state.handler.on_reconnect();
-                    }
+                }
+                // Replay from the recorded position at every confirmation: a
+                // first one covers what was published between reading the
+                // position and the subscription taking (which may have needed
+                // retries), a repeated one what the shard missed. Inline, so the
+                // older replayed events go before the live ones that queue up in
+                // the push channel meanwhile. The cluster may still be settling,
+                // so retry until it answers.
+                let mut backoff = BACKOFF_MIN;
+                while let Err(e) = state.replay_missed(&workspace_id).await {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cluster replay failed");
+                    tokio::time::sleep(jittered(backoff)).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                if again {
+                    state.handler.on_reconnect();
                 }
             }
             redis::PushKind::SUnsubscribe => {
                 let Some(channel) = channel else { continue };
-                let still_wanted = state.pubsub.lock().await.wanted.keys().any(|w| WorkspaceKeys::new(w, true).channel == channel);
+                let still_wanted = state.pubsub.lock().await.subscribed.iter().any(|w| WorkspaceKeys::new(w, true).channel == channel);
                 if still_wanted {
                     // The server dropped us: the slot moved or its master became a
                     // replica. Subscribe again where the slot lives now; the
@@ -668,7 +835,7 @@ async fn resubscribe(shared: std::sync::Weak<Shared>, channel: String) {
     loop {
         let Some(state) = shared.upgrade() else { return };
         let mut guard = state.pubsub.lock().await;
-        if !guard.wanted.keys().any(|w| WorkspaceKeys::new(w, true).channel == channel) {
+        if !guard.subscribed.iter().any(|w| WorkspaceKeys::new(w, true).channel == channel) {
             return;
         }
         match guard.sink.as_mut() {
@@ -784,6 +951,32 @@ mod tests {
     fn predecessor_steps_back_one_id() {
         assert_eq!(predecessor(EventId::new(5, 3)), EventId::new(5, 2));
         assert_eq!(predecessor(EventId::new(5, 0)), EventId::new(4, u64::MAX));
+    }
+
+    #[test]
+    fn recovery_needs_the_stream_to_reach_back_to_since() {
+        let info = |added, length, first, last| StreamInfo {
+            length,
+            entries_added: added,
+            first_entry: Some(EventId::new(first, 0)),
+            max_deleted: Some(EventId::ZERO),
+            last_generated: Some(EventId::new(last, 0)),
+        };
+        let untrimmed = info(3, 3, 10, 12);
+        assert!(untrimmed.still_holds_everything_after(EventId::new(10, 0)));
+        assert!(untrimmed.still_holds_everything_after(EventId::new(12, 0)), "caught up");
+        assert!(untrimmed.still_holds_everything_after(EventId::ZERO));
+        // A new incarnation (Redis restarted empty): an id of the old stream
+        // is older than anything the new one holds, though nothing was trimmed.
+        assert!(!untrimmed.still_holds_everything_after(EventId::new(5, 0)));
+        // Lost writes: an id the stream never generated.
+        assert!(!untrimmed.still_holds_everything_after(EventId::new(13, 0)));
+        let trimmed = info(10, 3, 10, 12);
+        assert!(!trimmed.still_holds_everything_after(EventId::new(8, 0)));
+        assert!(!trimmed.still_holds_everything_after(EventId::ZERO));
+        assert!(trimmed.still_holds_everything_after(EventId::new(9, u64::MAX)), "the id just before the first entry");
+        let tracked = StreamInfo { max_deleted: Some(EventId::new(9, 0)), ..info(10, 3, 10, 12) };
+        assert!(tracked.still_holds_everything_after(EventId::new(9, 0)), "Redis 7.2+ names the last removed id");
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct PublishArgs {
 /// The durable publish through Redis; fails fast when Redis does not answer.
 async fn publish_to_redis(url: String, cluster: bool, history_size: u64, event: Event) -> anyhow::Result<String> {
     use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
-    let broker = RedisBroker::connect(RedisConfig { url, cluster, history_size: history_size as usize }, std::sync::Arc::new(PublishOnly))
+    let broker = RedisBroker::connect(RedisConfig::new(url, history_size as usize).with_cluster(cluster), std::sync::Arc::new(PublishOnly))
         .map_err(|e| UsageError(format!("TIDINGS_REDIS_URL: {e}")))?;
     let stored = broker.publish(event).await.context("publishing to Redis")?;
     Ok(stored.id.map(|id| id.to_string()).unwrap_or_default())

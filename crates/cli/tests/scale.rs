@@ -241,7 +241,7 @@ async fn a_gateway_killed_mid_stream_loses_nothing_for_clients_that_reconnect_wi
 }
 
 #[tokio::test]
-async fn a_redis_restart_keeps_clients_connected_and_delivery_resumes() {
+async fn a_redis_restart_without_its_data_tells_clients_they_cannot_recover() {
     let mut redis = TestRedis::start();
     let gw = spawn("tidings-gateway", &redis, "gw-1");
     let publisher = spawn("tidings-publisher", &redis, "pub-1");
@@ -261,14 +261,36 @@ async fn a_redis_restart_keeps_clients_connected_and_delivery_resumes() {
         .unwrap();
     assert_eq!(r.status(), 503, "nothing is reported as published while Redis is down");
     assert!(r.headers().contains_key("retry-after"));
+    // A connection to a workspace this gateway does not follow yet cannot be
+    // served: refused before the upgrade, with a retry hint.
+    let url = format!("ws://127.0.0.1:{}/ws?token={}", gw.port, token("elsewhere"));
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 503 before the upgrade, got {:?}", other.map(|(_, r)| r.status())),
+    }
 
     redis.restart();
     wait_for("readyz 200 after the restart", WAIT, || http_status(&ready) == Some(200));
-    client.ws.send(Message::Text(r#"{"type":"ping","id":"still-here"}"#.into())).await.unwrap();
-    let pong = next_json(&mut client.ws).await.expect("the client kept its connection");
-    assert_eq!((pong["type"].as_str(), pong["id"].as_str()), (Some("pong"), Some("still-here")));
-    wait_for("the gateway re-subscribed", WAIT, || redis.cli(&["PUBSUB", "NUMSUB", "workspace:acme"]) == "workspace:acme\n1");
+    // Redis came back empty: the gateway cannot know what it missed, so it
+    // closes its clients with 1012; reconnecting with `since` says recovered: false.
+    let closed = loop {
+        match tokio::time::timeout(WAIT, client.ws.next()).await.expect("a close in time") {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("connection error instead of a close: {e}"),
+            None => break None,
+        }
+    };
+    assert_eq!(closed, Some(1012));
+    let url = format!("ws://127.0.0.1:{}/ws?token={}&since={}", gw.port, token("acme"), before[0]);
+    let (mut ws, _) = tidings_testkit::retry("a reconnect", WAIT, || async { tokio_tungstenite::connect_async(&url).await.ok() }).await;
+    let hello = next_json(&mut ws).await.unwrap();
+    assert_eq!((hello["type"].as_str(), hello["recovered"].as_bool()), (Some("connected"), Some(false)), "{hello}");
     let after = publish(&publisher, "acme", json!({"type": "after"})).await;
+    let mut client = Client { ws, server: hello["server"].as_str().unwrap().to_string() };
     assert_eq!(read_events(&mut client, "acme", 1).await, after);
 }
 
@@ -365,4 +387,82 @@ async fn a_signed_github_deployment_status_reaches_a_websocket_client_of_the_rou
     redis.restart();
     wait_for("publisher ready again", WAIT, || http_status(&format!("{}/readyz", publisher.base())) == Some(200));
     assert_eq!(send().await.unwrap().status(), 202, "the retry of the refused delivery is published");
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`.
+fn rss_bytes(process: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.child.id())).unwrap();
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_client_that_asks_for_history_and_never_reads_cannot_grow_the_gateway() {
+    // Before: `history` answers bypassed the queue bound, so a client asking
+    // 15 times a second for 1,000 events and reading nothing grew the gateway
+    // by ~1 MB per request.
+    let redis = TestRedis::start();
+    let gateway = spawn("tidings-gateway", &redis, "gw-mem");
+    let publisher = spawn("tidings-publisher", &redis, "pub-mem");
+    let pad = "x".repeat(900);
+    for chunk in 0..10 {
+        let events: Vec<Value> = (0..100).map(|i| json!({"type": "log_line", "data": {"n": chunk * 100 + i, "pad": pad}})).collect();
+        publish(&publisher, "mem", Value::Array(events)).await;
+    }
+    let mut healthy = connect(&gateway, "mem", None).await.unwrap();
+    let mut greedy = connect(&gateway, "mem", None).await.unwrap();
+    // One answer of the same size first, so the allocator has seen one.
+    healthy.ws.send(Message::text(json!({"type": "request_history", "limit": 1000}).to_string())).await.unwrap();
+    assert_eq!(next_json(&mut healthy.ws).await.unwrap()["type"], "history");
+    let before = rss_bytes(&gateway);
+
+    let reader = tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        while let Some(frame) = next_json(&mut healthy.ws).await {
+            if frame["type"] == "probe" {
+                let sent = frame["data"]["sent_ms"].as_u64().unwrap();
+                latencies.push(unix_ms().saturating_sub(sent));
+                if frame["data"]["last"] == true {
+                    break;
+                }
+            }
+        }
+        latencies
+    });
+    let asker = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(66));
+        let mut sent = 0u32;
+        for _ in 0..(15 * 15) {
+            pace.tick().await;
+            let ask = json!({"type": "request_history", "limit": 1000}).to_string();
+            if tokio::time::timeout(Duration::from_secs(1), greedy.ws.send(Message::text(ask))).await.map_or(true, |r| r.is_err()) {
+                break; // closed by the gateway, or its buffers are full
+            }
+            sent += 1;
+        }
+        (sent, greedy)
+    });
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    for n in 0..300 {
+        pace.tick().await;
+        publish(&publisher, "mem", json!({"type": "probe", "data": {"sent_ms": unix_ms(), "last": n == 299}})).await;
+    }
+    let mut latencies = reader.await.unwrap();
+    let (asked, _greedy) = asker.await.unwrap();
+    let after = rss_bytes(&gateway);
+    latencies.sort_unstable();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert_eq!(latencies.len(), 300, "the healthy client got every probe");
+    assert!(p99 < 250, "healthy client p99 {p99} ms");
+    assert!(after < before + 16 * 1024 * 1024, "gateway RSS grew from {before} to {after} bytes after {asked} requests");
+    // Closed without waiting for it to read what was stuck in its socket.
+    tidings_testkit::retry("the greedy client closed 4009", WAIT, || async {
+        let metrics = reqwest::get(format!("{}/metrics", gateway.base())).await.ok()?.text().await.ok()?;
+        metrics.contains(r#"tidings_connections_closed_total{code="4009"} 1"#).then_some(())
+    })
+    .await;
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }

@@ -26,13 +26,19 @@ pub struct GatewayConfig {
     pub client_rate: u32,
     pub heartbeat: Duration,
     pub drain: Duration,
-    /// Events a connection may have queued before conflation and drops start.
-    pub client_queue_size: usize,
+    /// Bytes a connection may have queued (events, replies and replays
+    /// together) before conflation, drops and finally close 4009.
+    pub client_queue_bytes: usize,
     /// How long a workspace stays subscribed on the broker after its last local reader left.
     pub unsubscribe_delay: Duration,
     /// How long the first-message `auth` may take.
     pub auth_timeout: Duration,
 }
+
+/// Default `TIDINGS_CLIENT_QUEUE_BYTES`: 4 MiB holds a 1,000-event `history`
+/// answer of ~1 KiB events plus a burst of live ones (BENCHMARKS.md has the
+/// measurement behind it); it bounds what one client that never reads can cost.
+pub const DEFAULT_CLIENT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 impl GatewayConfig {
     /// Defaults of SPEC §1 with the given secret; tests adjust fields from here.
@@ -51,7 +57,7 @@ impl GatewayConfig {
             client_rate: 20,
             heartbeat: Duration::from_secs(25),
             drain: Duration::from_secs(30),
-            client_queue_size: 1024,
+            client_queue_bytes: DEFAULT_CLIENT_QUEUE_BYTES,
             unsubscribe_delay: Duration::from_secs(2),
             auth_timeout: Duration::from_secs(5),
         }
@@ -119,9 +125,10 @@ pub struct GatewayArgs {
     /// Graceful shutdown: seconds given to close connections.
     #[arg(long, env = "TIDINGS_DRAIN_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_secs: u64,
-    /// Events queued per connection before conflation, drops and finally close 4009.
-    #[arg(long, env = "TIDINGS_CLIENT_QUEUE_SIZE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub client_queue_size: u64,
+    /// Bytes queued per connection (events, replies and replays together)
+    /// before conflation, drops and finally close 4009.
+    #[arg(long, env = "TIDINGS_CLIENT_QUEUE_BYTES", default_value_t = DEFAULT_CLIENT_QUEUE_BYTES as u64, value_parser = clap::value_parser!(u64).range(4096..=1_073_741_824))]
+    pub client_queue_bytes: u64,
 }
 
 impl GatewayArgs {
@@ -163,7 +170,7 @@ impl GatewayArgs {
             client_rate: self.client_rate,
             heartbeat: Duration::from_secs(self.heartbeat_secs),
             drain: Duration::from_secs(self.drain_secs),
-            client_queue_size: self.client_queue_size as usize,
+            client_queue_bytes: self.client_queue_bytes as usize,
             ..GatewayConfig::new(String::new())
         }
     }

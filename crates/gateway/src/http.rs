@@ -17,8 +17,9 @@ use tidings_protocol::ServerMessage;
 use crate::access::{authorize, bearer, check_origin, parse_filter, parse_since};
 use crate::error::ApiError;
 use crate::hub::{Connection, Transport, prepare};
-use crate::node::{Admission, Node};
+use crate::node::{Admission, Node, Registration};
 use crate::outbox::Outgoing;
+use crate::replay::Replay;
 
 const POLL_DEFAULT_LIMIT: usize = 100;
 const POLL_MAX_LIMIT: usize = 1000;
@@ -74,17 +75,12 @@ pub async fn poll(
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// Unregisters an SSE connection when its stream is dropped.
+/// What an SSE stream holds for its life; dropping the stream unregisters it.
 struct SseGuard {
     node: Arc<Node>,
     conn: Arc<Connection>,
+    _registration: Registration,
     _admission: Admission,
-}
-
-impl Drop for SseGuard {
-    fn drop(&mut self) {
-        self.node.unregister(&self.conn);
-    }
 }
 
 /// `GET /v1/workspaces/{id}/events/stream`: replay after `Last-Event-ID` or
@@ -122,21 +118,11 @@ async fn sse_stream(
 
     let conn = node.new_connection(&access.workspace_id, &access.claims.sub, access.claims.jti.clone(), Transport::Sse, filter.clone());
     conn.outbox.hold();
-    node.register(&conn).await?;
-    let guard = SseGuard { node: node.clone(), conn: conn.clone(), _admission: admission };
-    let mut recovered = None;
-    let mut replay = Vec::new();
-    if let Some(since) = since {
-        let page = node.broker.history(&access.workspace_id, Some(since), node.config.history_size).await?;
-        recovered = Some(page.recovered);
-        replay = page
-            .events
-            .iter()
-            .filter_map(|e| prepare(&access.workspace_id, e.json.clone()))
-            .filter(|e| filter.matches(&e.event_type, e.entity_ref.as_deref()))
-            .map(Arc::new)
-            .collect();
-    }
+    let registration = node.register(&conn).await?;
+    let replay = match since {
+        Some(since) => Some(Replay::begin(&node, &access.workspace_id, since).await?),
+        None => None,
+    };
     let connected = ServerMessage::Connected {
         connection_id: conn.connection_id.clone(),
         workspace_id: access.workspace_id.clone(),
@@ -144,13 +130,26 @@ async fn sse_stream(
         server: node.config.instance_id.clone(),
         heartbeat_ms: node.config.heartbeat.as_millis() as u64,
         expires_at: crate::access::expires_at(access.claims.exp),
-        recovered,
+        recovered: replay.as_ref().map(Replay::recovered),
     };
     conn.outbox.push_control(connected.to_json());
-    conn.outbox.release(replay);
+    match replay {
+        // The stream is read as the replay queues (it waits for room); dropping
+        // the stream closes the outbox, which ends the replay.
+        Some(replay) => {
+            let (node, conn) = (node.clone(), conn.clone());
+            tokio::spawn(async move {
+                replay.run(&node, &conn, |e| filter.matches(&e.event_type, e.entity_ref.as_deref())).await;
+            });
+        }
+        None => {
+            conn.outbox.try_release(None);
+        }
+    }
     if node.is_draining() {
         conn.outbox.close(tidings_protocol::codes::close::DRAINING, "draining");
     }
+    let guard = SseGuard { node: node.clone(), conn: conn.clone(), _registration: registration, _admission: admission };
     // EventSource cannot send a fresh token, so the stream ends at `exp` (the
     // browser reconnects with a new one and `Last-Event-ID`).
     let expiring = Arc::downgrade(&conn);

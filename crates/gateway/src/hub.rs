@@ -93,6 +93,21 @@ impl Hub {
         }
     }
 
+    /// Workspaces with at least one local connection.
+    pub fn workspace_ids(&self) -> Vec<String> {
+        self.workspaces.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// Closes every local connection of a workspace with `code`.
+    pub fn close_workspace(&self, workspace_id: &str, code: u16, reason: &'static str) -> usize {
+        let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        let conns = map.get(workspace_id).map(|c| c.values().collect::<Vec<_>>()).unwrap_or_default();
+        for conn in &conns {
+            conn.outbox.close(code, reason);
+        }
+        conns.len()
+    }
+
     pub fn count(&self, workspace_id: &str) -> usize {
         self.workspaces.read().unwrap_or_else(|p| p.into_inner()).get(workspace_id).map_or(0, HashMap::len)
     }
@@ -139,8 +154,20 @@ impl MessageHandler for Hub {
         self.fan_out(workspace_id, payload);
     }
 
+    fn workspaces(&self) -> Vec<String> {
+        self.workspace_ids()
+    }
+
     fn on_reconnect(&self) {
         self.metrics.broker_reconnects.inc();
+    }
+
+    fn on_gap(&self, workspace_id: &str) {
+        // They reconnect with `since` and learn `recovered: false` there: the
+        // one way a client is told, whatever transport it uses.
+        let closed =
+            self.close_workspace(workspace_id, tidings_protocol::codes::close::DRAINING, "events were missed; reconnect with since");
+        tracing::warn!(workspace_id, closed, "events missed while the broker was away are gone from history; clients told to reconnect");
     }
 
     fn on_revoked(&self, jti: &str) {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod rate;
+pub mod replay;
 pub mod server;
 pub mod ws;
 

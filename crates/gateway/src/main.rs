@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         let metrics = GatewayMetrics::register(&registry)?;
         register_process_metrics(&registry)?;
         let node = Node::new(config, metrics, |hub: Arc<dyn MessageHandler>| {
-            Ok(Arc::new(RedisBroker::connect(RedisConfig { url: redis_url, cluster: args.redis_cluster, history_size }, hub)?)
+            Ok(Arc::new(RedisBroker::connect(RedisConfig::new(redis_url, history_size).with_cluster(args.redis_cluster), hub)?)
                 as Arc<dyn Broker>)
         })?;
         node.verifier.warm_up().await;

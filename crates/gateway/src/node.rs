@@ -1,6 +1,8 @@
 //! The node ties the hub to the broker: it admits connections (caps, draining),
-//! subscribes a workspace on the broker on its first local reader and
-//! unsubscribes it, after a re-checked delay, when the last one leaves.
+//! puts them in the hub — the one record of which workspaces have local
+//! readers — and has the broker follow that: subscribe on a workspace's first
+//! reader, unsubscribe after a delay when the last one left (the broker
+//! re-checks the hub, so a reader that came back keeps the subscription).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +71,27 @@ impl Drop for Admission {
     }
 }
 
+/// A connection's place in the hub, held for the connection's life.
+#[derive(Debug)]
+pub struct Registration {
+    node: Arc<Node>,
+    conn: Arc<Connection>,
+    /// Counted in `tidings_connections_open`.
+    opened: bool,
+}
+
+impl Registration {
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.node.unregister(&self.conn, self.opened);
+    }
+}
+
 /// One gateway process's connection bookkeeping.
 pub struct Node {
     pub config: GatewayConfig,
@@ -80,11 +103,6 @@ pub struct Node {
     pub draining: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// Per workspace: whether the broker subscription is on, behind an async
-    /// lock that serialises that workspace's subscribe/unsubscribe decisions
-    /// (so it never ends up unsubscribed while it has a reader) without making
-    /// other workspaces wait on a slow broker. Entries stay (one per workspace seen).
-    subscriptions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>,
     permits: Arc<Semaphore>,
     per_user: Arc<Mutex<HashMap<String, usize>>>,
     next_key: AtomicU64,
@@ -115,7 +133,6 @@ impl Node {
             metrics,
             draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            subscriptions: Mutex::new(HashMap::new()),
             per_user: Arc::new(Mutex::new(HashMap::new())),
             next_key: AtomicU64::new(1),
         }))
@@ -157,58 +174,58 @@ impl Node {
             jti,
             transport,
             filter: std::sync::Mutex::new(filter),
-            outbox: Outbox::new(self.config.client_queue_size),
+            outbox: Outbox::new(self.config.client_queue_bytes),
         })
     }
 
-    /// Puts the connection in the hub, subscribing its workspace on the broker
-    /// first if nobody here reads it yet. Live events flow once this returns.
-    pub async fn register(&self, conn: &Arc<Connection>) -> Result<(), BrokerError> {
-        let lock = self.subscription_lock(&conn.workspace_id);
-        let mut subscribed = lock.lock().await;
-        if !*subscribed {
-            self.broker.subscribe(&conn.workspace_id).await?;
-            *subscribed = true;
+    /// Puts the connection in the hub and has the broker follow its workspace.
+    /// Live events flow into its outbox once this returns; dropping the
+    /// [`Registration`] takes it out again, whatever ends the connection (a
+    /// return, an error, a panic, a dropped upgrade).
+    pub async fn register(self: &Arc<Self>, conn: &Arc<Connection>) -> Result<Registration, BrokerError> {
+        if self.hub.insert(conn.clone()) {
             self.metrics.subscribed_workspaces.inc();
         }
-        self.hub.insert(conn.clone());
+        let mut registration = Registration { node: self.clone(), conn: conn.clone(), opened: false };
+        // The hub lists the workspace first, so a concurrent delayed
+        // unsubscribe sees this reader and keeps the subscription. On an error
+        // the registration is dropped, which takes the connection out again.
+        self.broker.subscribe(&conn.workspace_id).await?;
         self.metrics.connections_open.with_label_values(&[conn.transport.label()]).inc();
         self.metrics.connections_accepted.with_label_values(&[conn.transport.label()]).inc();
-        Ok(())
+        registration.opened = true;
+        Ok(registration)
     }
 
-    /// Takes the connection out of the hub; the workspace is unsubscribed after
-    /// `unsubscribe_delay` if no reader came back by then.
-    pub fn unregister(self: &Arc<Self>, conn: &Connection) {
-        self.metrics.connections_open.with_label_values(&[conn.transport.label()]).dec();
+    /// Takes the connection out of the hub; the broker stops following the
+    /// workspace after `unsubscribe_delay` unless a reader came back by then.
+    fn unregister(self: &Arc<Self>, conn: &Connection, opened: bool) {
+        if opened {
+            self.metrics.connections_open.with_label_values(&[conn.transport.label()]).dec();
+        }
+        conn.outbox.close(close::NORMAL, "");
         if !self.hub.remove(&conn.workspace_id, conn.key) {
             return;
         }
+        self.metrics.subscribed_workspaces.dec();
         let node = self.clone();
         let workspace_id = conn.workspace_id.clone();
-        tokio::spawn(async move {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
             tokio::time::sleep(node.config.unsubscribe_delay).await;
-            let lock = node.subscription_lock(&workspace_id);
-            let mut subscribed = lock.lock().await;
-            if *subscribed && node.hub.count(&workspace_id) == 0 {
-                match node.broker.unsubscribe(&workspace_id).await {
-                    Ok(()) => {
-                        *subscribed = false;
-                        node.metrics.subscribed_workspaces.dec();
-                    }
-                    Err(e) => tracing::warn!(workspace_id, error = %e, "unsubscribe failed"),
-                }
+            if node.hub.count(&workspace_id) == 0
+                && let Err(e) = node.broker.unsubscribe(&workspace_id).await
+            {
+                tracing::warn!(workspace_id, error = %e, "unsubscribe failed");
             }
         });
     }
 
-    fn subscription_lock(&self, workspace_id: &str) -> Arc<tokio::sync::Mutex<bool>> {
-        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).entry(workspace_id.to_string()).or_default().clone()
-    }
-
     /// Graceful shutdown, first half: refuse new connections and close the live
     /// ones with 1012, spread evenly over the drain period so that clients do not
-    /// all reconnect elsewhere at the same instant.
+    /// all reconnect elsewhere at the same instant. Connections are closed in
+    /// batches per tick, since timers cannot sleep less than about a millisecond
+    /// and a gateway can hold more connections than the drain has milliseconds.
     pub fn start_drain(self: &Arc<Self>) {
         if self.draining.is_cancelled() {
             return;
@@ -217,14 +234,18 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let conns = node.hub.all();
-            let n = conns.len().max(1) as u32;
-            let step = node.config.drain / n;
-            for conn in conns {
-                conn.outbox.close(close::DRAINING, "draining");
-                if !step.is_zero() {
-                    tokio::time::sleep(step).await;
+            let ticks = (node.config.drain.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
+            let per_tick = conns.len().div_ceil(ticks).max(1);
+            let mut tick = tokio::time::interval(DRAIN_TICK);
+            for batch in conns.chunks(per_tick) {
+                tick.tick().await;
+                for conn in batch {
+                    conn.outbox.close(close::DRAINING, "draining");
                 }
             }
         });
     }
 }
+
+/// How often the drain closes its next batch of connections.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(10);

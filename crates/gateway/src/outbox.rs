@@ -1,12 +1,15 @@
 //! The bounded queue between fan-out and one connection's writer.
 //!
-//! Fan-out pushes without waiting; the writer pops. When a client falls behind,
-//! the queue first conflates (a newer `metrics_update`/`health_update` replaces an
-//! older queued one of the same entity), then drops new events and leaves a
-//! `lagged` marker where they would have been, and once a client has lost more
-//! than a whole queue since it last caught up, the queue condemns it (close 4009).
-//! Control replies and recovery replays bypass the bound: they are limited by the
-//! client's message rate and the history size instead.
+//! Everything a connection is sent waits here — live events, control replies,
+//! `history` answers, recovery replays — and the queue is bounded by **bytes**
+//! over all of it (`TIDINGS_CLIENT_QUEUE_BYTES`). Fan-out pushes without
+//! waiting; the writer pops. When a client falls behind, the queue first
+//! conflates (a newer `metrics_update`/`health_update` replaces an older queued
+//! one of the same entity), then drops new events and leaves a `lagged` marker
+//! where they would have been; once a client has lost more than a whole queue
+//! since it last caught up, or a reply does not fit, the queue condemns it
+//! (close 4009). A replay waits for room instead ([`Outbox::push_replay`]), so
+//! history is read page by page and never materialised whole.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +20,9 @@ use tidings_protocol::EventId;
 use tidings_protocol::codes::close;
 use tidings_protocol::payloads::is_conflatable;
 use tokio::sync::Notify;
+
+/// What a queued item costs beyond its text (the slot, the `Arc`, the deque).
+const SLOT_OVERHEAD: usize = 64;
 
 /// An event encoded once, shared by every connection it goes to.
 #[derive(Debug)]
@@ -54,6 +60,17 @@ enum Slot {
     Close(u16, &'static str),
 }
 
+impl Slot {
+    fn cost(&self) -> usize {
+        SLOT_OVERHEAD
+            + match self {
+                Slot::Event { event, .. } => event.text.len(),
+                Slot::Control(text) => text.len(),
+                Slot::Lagged(_) | Slot::Close(..) => 0,
+            }
+    }
+}
+
 /// Result of a push, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -69,21 +86,48 @@ pub enum Pushed {
 #[derive(Debug, Default)]
 struct Lane {
     slots: VecDeque<Slot>,
-    /// Event slots in `slots`: what the capacity bounds.
-    events: usize,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     main: Lane,
-    /// While recovery reads history, live events wait here.
+    /// While a replay reads history, live events wait here.
     held: Option<Lane>,
+    /// Bytes queued in both lanes: what the capacity bounds.
+    bytes: usize,
     dropped_since_caught_up: u64,
+    dropped_bytes_since_caught_up: usize,
+    /// Newest durable event dropped from the held lane for room; the replay
+    /// that is running reads it from history, so it is not lost.
+    held_dropped: Option<EventId>,
     closing: Option<(u16, &'static str)>,
     /// A close is queued behind earlier replies; nothing more is accepted.
     close_queued: bool,
     /// Newest durable id handed to the writer.
     last_sent: Option<EventId>,
+}
+
+impl Inner {
+    fn is_closed(&self) -> bool {
+        self.closing.is_some() || self.close_queued
+    }
+
+    fn fits(&self, capacity: usize, cost: usize) -> bool {
+        self.bytes + cost <= capacity
+    }
+
+    fn condemn(&mut self) {
+        if self.closing.is_none() {
+            self.closing = Some((close::TOO_SLOW, "too slow"));
+        }
+    }
+
+    fn unhold(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.main.slots.extend(held.slots);
+        }
+        self.held_dropped = None;
+    }
 }
 
 /// One connection's outgoing queue.
@@ -92,12 +136,17 @@ pub struct Outbox {
     capacity: usize,
     /// A std mutex: pushes and pops are a few pointer moves and never await.
     inner: Mutex<Inner>,
+    /// Wakes the writer: something was queued, or the connection closes.
     notify: Notify,
+    /// Wakes a waiting replay: room was made, or the connection closes.
+    room: Notify,
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), inner: Mutex::new(Inner::default()), notify: Notify::new() }
+    /// A queue of at most `capacity_bytes` (the one item that does not fit in
+    /// an empty queue is still accepted, so any single reply can be sent).
+    pub fn new(capacity_bytes: usize) -> Self {
+        Self { capacity: capacity_bytes.max(1), inner: Mutex::new(Inner::default()), notify: Notify::new(), room: Notify::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -107,28 +156,43 @@ impl Outbox {
     /// Queues a live event from fan-out. Never waits.
     pub fn push_event(&self, event: Arc<PreparedEvent>) -> Pushed {
         let mut inner = self.lock();
-        if inner.closing.is_some() || inner.close_queued {
+        if inner.is_closed() {
             return Pushed::Closed;
         }
         let capacity = self.capacity;
+        let slot = Slot::Event { event, replay: false };
+        let cost = slot.cost();
         let state = &mut *inner;
+        let holding = state.held.is_some();
         let lane = state.held.as_mut().unwrap_or(&mut state.main);
-        let outcome = if lane.events < capacity {
-            lane.slots.push_back(Slot::Event { event, replay: false });
-            lane.events += 1;
+        let outcome = if state.bytes + cost <= capacity || state.bytes == 0 {
+            lane.slots.push_back(slot);
+            state.bytes += cost;
             Pushed::Queued
-        } else if let removed @ 1.. = conflate(lane, &event) {
-            lane.slots.push_back(Slot::Event { event, replay: false });
-            lane.events = lane.events + 1 - removed;
+        } else if let Some(freed) = conflate(lane, &slot) {
+            // The newer value replaces the older ones (it may overshoot the
+            // bound by its own size: the older ones were as large).
+            lane.slots.push_back(slot);
+            state.bytes = (state.bytes + cost).saturating_sub(freed);
             Pushed::Conflated
+        } else if let (true, Slot::Event { event, .. }) = (holding, &slot)
+            && let Some(id) = event.id
+        {
+            // A replay is running and will read this one from history.
+            state.held_dropped = Some(state.held_dropped.map_or(id, |d| d.max(id)));
+            Pushed::Queued
         } else {
             match lane.slots.back_mut() {
                 Some(Slot::Lagged(n)) => *n += 1,
-                _ => lane.slots.push_back(Slot::Lagged(1)),
+                _ => {
+                    lane.slots.push_back(Slot::Lagged(1));
+                    state.bytes += SLOT_OVERHEAD;
+                }
             }
             state.dropped_since_caught_up += 1;
-            if state.dropped_since_caught_up > capacity as u64 {
-                state.closing = Some((close::TOO_SLOW, "too slow"));
+            state.dropped_bytes_since_caught_up += cost;
+            if state.dropped_bytes_since_caught_up > capacity {
+                state.condemn();
                 Pushed::Condemned
             } else {
                 Pushed::Dropped
@@ -139,39 +203,89 @@ impl Outbox {
         outcome
     }
 
-    /// Queues a server message; control replies are never dropped.
+    /// Queues a server message. A reply is never dropped: one that does not
+    /// fit condemns the client (4009) instead, as a client that asks and never
+    /// reads must not grow the gateway's memory.
     pub fn push_control(&self, text: impl Into<Utf8Bytes>) {
+        let slot = Slot::Control(text.into());
+        let cost = slot.cost();
         let mut inner = self.lock();
-        if inner.closing.is_none() && !inner.close_queued {
-            inner.main.slots.push_back(Slot::Control(text.into()));
+        if !inner.is_closed() {
+            if inner.fits(self.capacity, cost) || inner.bytes == 0 {
+                inner.main.slots.push_back(slot);
+                inner.bytes += cost;
+            } else {
+                inner.condemn();
+            }
         }
         drop(inner);
         self.notify.notify_one();
     }
 
-    /// From now until [`Outbox::release`], live events wait aside so that a
-    /// history replay can go first.
+    /// From now until [`Outbox::try_release`], live events wait aside so that a
+    /// replay can go first. Events queued but not yet sent go aside too: the
+    /// replay re-reads them from history in order.
     pub fn hold(&self) {
         let mut inner = self.lock();
-        if inner.held.is_none() {
-            inner.held = Some(Lane::default());
+        let inner = &mut *inner;
+        if inner.held.is_some() {
+            return;
+        }
+        let mut held = Lane::default();
+        let mut kept = VecDeque::with_capacity(inner.main.slots.len());
+        for slot in inner.main.slots.drain(..) {
+            match slot {
+                Slot::Event { replay: false, .. } => held.slots.push_back(slot),
+                other => kept.push_back(other),
+            }
+        }
+        inner.main.slots = kept;
+        inner.held = Some(held);
+    }
+
+    /// Queues one replayed event, waiting while the queue is full (the writer
+    /// makes room as it sends). False once the connection is closing.
+    pub async fn push_replay(&self, event: Arc<PreparedEvent>) -> bool {
+        let slot = Slot::Event { event, replay: true };
+        let cost = slot.cost();
+        let mut slot = Some(slot);
+        loop {
+            let room = self.room.notified();
+            {
+                let mut inner = self.lock();
+                if inner.is_closed() {
+                    return false;
+                }
+                if inner.fits(self.capacity, cost) || inner.bytes == 0 {
+                    if let Some(slot) = slot.take() {
+                        inner.main.slots.push_back(slot);
+                    }
+                    inner.bytes += cost;
+                    drop(inner);
+                    self.notify.notify_one();
+                    return true;
+                }
+            }
+            room.await;
         }
     }
 
-    /// Queues `replay` (history, oldest first), then the live events held since
-    /// [`Outbox::hold`], and resumes normal queueing.
-    pub fn release(&self, replay: Vec<Arc<PreparedEvent>>) {
+    /// Ends a replay that went up to `replayed_to`: queues the held live events
+    /// after it and resumes normal queueing. False, and still holding, when
+    /// live events newer than `replayed_to` had to be dropped for room: the
+    /// caller replays on from `replayed_to` and tries again.
+    pub fn try_release(&self, replayed_to: Option<EventId>) -> bool {
         let mut inner = self.lock();
-        let inner = &mut *inner;
-        for event in replay {
-            inner.main.slots.push_back(Slot::Event { event, replay: true });
-            inner.main.events += 1;
+        if let Some(dropped) = inner.held_dropped
+            && replayed_to.is_none_or(|r| dropped > r)
+        {
+            inner.held_dropped = None;
+            return false;
         }
-        if let Some(held) = inner.held.take() {
-            inner.main.events += held.events;
-            inner.main.slots.extend(held.slots);
-        }
+        inner.unhold();
+        drop(inner);
         self.notify.notify_one();
+        true
     }
 
     /// Ends the connection with `code`: the writer sends that close next, and
@@ -183,32 +297,47 @@ impl Outbox {
         }
         drop(inner);
         self.notify.notify_one();
+        self.room.notify_waiters();
     }
 
     /// Ends the connection with `code` once everything queued so far is sent
     /// (e.g. the `rate_limited` errors before a 4008).
     pub fn close_after_queued(&self, code: u16, reason: &'static str) {
         let mut inner = self.lock();
-        if inner.closing.is_none() && !inner.close_queued {
+        if !inner.is_closed() {
             inner.close_queued = true;
-            if let Some(held) = inner.held.take() {
-                inner.main.events += held.events;
-                inner.main.slots.extend(held.slots);
-            }
+            inner.unhold();
             inner.main.slots.push_back(Slot::Close(code, reason));
         }
         drop(inner);
         self.notify.notify_one();
+        self.room.notify_waiters();
     }
 
     pub fn is_closing(&self) -> bool {
-        let inner = self.lock();
-        inner.closing.is_some() || inner.close_queued
+        self.lock().is_closed()
+    }
+
+    /// Resolves once [`Outbox::close`] was called (for the writer only: it
+    /// shares the writer's wake-ups).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.lock().closing.is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Events dropped since the client last caught up.
     pub fn dropped_pending(&self) -> u64 {
         self.lock().dropped_since_caught_up
+    }
+
+    /// Bytes queued now, for tests and diagnostics.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Newest durable id handed to the writer so far.
@@ -254,15 +383,17 @@ impl Outbox {
     fn take_front(&self, inner: &mut Inner) -> Option<Outgoing> {
         loop {
             let slot = inner.main.slots.pop_front()?;
+            inner.bytes = inner.bytes.saturating_sub(slot.cost());
             if inner.main.slots.is_empty() {
                 inner.dropped_since_caught_up = 0;
+                inner.dropped_bytes_since_caught_up = 0;
             }
+            self.room.notify_waiters();
             match slot {
                 Slot::Control(text) => return Some(Outgoing::Control(text)),
                 Slot::Lagged(n) => return Some(Outgoing::Lagged(n)),
                 Slot::Close(code, reason) => return Some(Outgoing::Close(code, reason)),
                 Slot::Event { event, replay } => {
-                    inner.main.events = inner.main.events.saturating_sub(1);
                     if let Some(id) = event.id {
                         // At most once per connection, in id order: a live event
                         // already covered by what was sent (e.g. by a replay) is skipped.
@@ -278,21 +409,23 @@ impl Outbox {
     }
 }
 
-/// Removes every queued live event that `event` supersedes (same conflatable
-/// type and entity), so that `event` can take a place at the back, keeping id
-/// order. Returns how many were removed.
-fn conflate(lane: &mut Lane, event: &PreparedEvent) -> usize {
-    let Some(entity_ref) = event.entity_ref.as_deref().filter(|_| is_conflatable(&event.event_type)) else {
-        return 0;
-    };
-    let before = lane.slots.len();
+/// Removes every queued live event that `slot`'s event supersedes (same
+/// conflatable type and entity), so that it can take a place at the back,
+/// keeping id order. Returns the bytes freed, or None when nothing was removed.
+fn conflate(lane: &mut Lane, slot: &Slot) -> Option<usize> {
+    let Slot::Event { event, .. } = slot else { return None };
+    let entity_ref = event.entity_ref.as_deref().filter(|_| is_conflatable(&event.event_type))?;
+    let mut freed = 0;
     lane.slots.retain(|slot| match slot {
-        Slot::Event { event: queued, replay: false } => {
-            !(queued.event_type == event.event_type && queued.entity_ref.as_deref() == Some(entity_ref))
+        Slot::Event { event: queued, replay: false }
+            if queued.event_type == event.event_type && queued.entity_ref.as_deref() == Some(entity_ref) =>
+        {
+            freed += slot.cost();
+            false
         }
         _ => true,
     });
-    before - lane.slots.len()
+    (freed > 0).then_some(freed)
 }
 
 #[cfg(test)]
@@ -325,27 +458,59 @@ mod tests {
         out
     }
 
+    /// Room for `n` of the one-character events of `ev`.
+    fn room_for(n: usize) -> usize {
+        n * (SLOT_OVERHEAD + 1)
+    }
+
     #[test]
     fn drops_beyond_capacity_leave_one_lagged_marker_at_the_gap() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(room_for(2));
         for id in 1..=4 {
             outbox.push_event(ev("t", None, id));
         }
-        outbox.push_control("reply");
-        assert_eq!(drain(&outbox), ["1", "2", "lagged:2", "ctl:reply"]);
+        assert_eq!(drain(&outbox), ["1", "2", "lagged:2"]);
         assert_eq!(outbox.push_event(ev("t", None, 5)), Pushed::Queued, "caught up: room again");
         assert_eq!(drain(&outbox), ["5"]);
+        assert_eq!(outbox.queued_bytes(), 0, "what was sent is no longer counted");
+    }
+
+    #[test]
+    fn the_bound_counts_bytes_not_items() {
+        let outbox = Outbox::new(1000);
+        let big = |id| {
+            Arc::new(PreparedEvent {
+                event_type: "t".into(),
+                entity_ref: None,
+                id: Some(EventId::new(id, 0)),
+                published_at: None,
+                text: "x".repeat(400).into(),
+            })
+        };
+        assert_eq!(outbox.push_event(big(1)), Pushed::Queued);
+        assert_eq!(outbox.push_event(big(2)), Pushed::Queued);
+        assert_eq!(outbox.push_event(big(3)), Pushed::Dropped, "a third 400-byte event does not fit in 1000 bytes");
+        assert_eq!(outbox.push_event(ev("t", None, 4)), Pushed::Dropped);
+    }
+
+    #[test]
+    fn a_reply_that_does_not_fit_condemns_the_client_instead_of_growing() {
+        let outbox = Outbox::new(1000);
+        outbox.push_control("x".repeat(5000));
+        assert!(!outbox.is_closing(), "any single reply fits an empty queue");
+        outbox.push_control("x".repeat(500));
+        assert_eq!(drain(&outbox), ["close:4009"]);
     }
 
     #[test]
     fn conflation_replaces_the_older_metrics_of_the_same_entity_first() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(room_for(2));
         outbox.push_event(ev("metrics_update", Some("host:default/a"), 1));
         outbox.push_event(ev("deployment_update", Some("host:default/a"), 2));
         assert_eq!(outbox.push_event(ev("metrics_update", Some("host:default/a"), 3)), Pushed::Conflated);
         assert_eq!(outbox.push_event(ev("metrics_update", Some("host:default/b"), 4)), Pushed::Dropped);
         assert_eq!(drain(&outbox), ["2", "3", "lagged:1"]);
-        let outbox = Outbox::new(3);
+        let outbox = Outbox::new(room_for(3));
         for id in 1..=3 {
             outbox.push_event(ev("health_update", Some("host:default/a"), id));
         }
@@ -356,7 +521,7 @@ mod tests {
 
     #[test]
     fn a_client_that_stays_behind_is_condemned_with_4009() {
-        let outbox = Outbox::new(3);
+        let outbox = Outbox::new(room_for(3));
         let outcomes: Vec<Pushed> = (1..=7).map(|id| outbox.push_event(ev("t", None, id))).collect();
         assert_eq!(outcomes[..3], [Pushed::Queued; 3]);
         assert_eq!(outcomes[3..6], [Pushed::Dropped; 3]);
@@ -365,23 +530,57 @@ mod tests {
         assert_eq!(outbox.push_event(ev("t", None, 8)), Pushed::Closed);
     }
 
-    #[test]
-    fn replay_goes_before_held_live_events_without_duplicates() {
-        let outbox = Outbox::new(10);
+    #[tokio::test]
+    async fn replay_goes_before_held_live_events_without_duplicates() {
+        let outbox = Outbox::new(room_for(10));
         outbox.hold();
         outbox.push_event(ev("t", None, 3)); // live, also part of the replay
         outbox.push_event(ev("t", None, 4));
         outbox.push_control("connected");
-        outbox.release(vec![ev("t", None, 2), ev("t", None, 3)]);
+        for id in [2, 3] {
+            assert!(outbox.push_replay(ev("t", None, id)).await);
+        }
+        assert!(outbox.try_release(Some(EventId::new(3, 0))));
         assert_eq!(drain(&outbox), ["ctl:connected", "2", "3", "4"]);
         assert_eq!(outbox.last_sent(), Some(EventId::new(4, 0)));
         outbox.push_event(ev("t", None, 4));
         assert_eq!(drain(&outbox), Vec::<String>::new(), "an id already sent is not sent again");
     }
 
+    #[tokio::test]
+    async fn a_replay_waits_for_room_and_live_events_dropped_meanwhile_are_replayed_on() {
+        let outbox = Arc::new(Outbox::new(room_for(2)));
+        outbox.hold();
+        assert!(outbox.push_replay(ev("t", None, 1)).await);
+        assert!(outbox.push_replay(ev("t", None, 2)).await);
+        // Full: live events wait aside and, past the bound, are dropped but remembered.
+        outbox.push_event(ev("t", None, 3));
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.push_replay(ev("t", None, 3)).await }
+        });
+        assert_eq!(drain(&outbox), ["1", "2"]);
+        assert!(waiting.await.unwrap(), "the writer made room");
+        assert!(!outbox.try_release(Some(EventId::new(2, 0))), "event 3 was dropped from the held lane: replay on");
+        assert!(outbox.try_release(Some(EventId::new(3, 0))));
+        assert_eq!(drain(&outbox), ["3"]);
+    }
+
+    #[tokio::test]
+    async fn hold_puts_unsent_live_events_aside_so_a_replay_keeps_id_order() {
+        let outbox = Outbox::new(room_for(10));
+        outbox.push_event(ev("t", None, 5));
+        outbox.push_control("subscribed");
+        outbox.hold();
+        assert!(outbox.push_replay(ev("t", None, 4)).await);
+        assert!(outbox.push_replay(ev("t", None, 5)).await);
+        assert!(outbox.try_release(Some(EventId::new(5, 0))));
+        assert_eq!(drain(&outbox), ["ctl:subscribed", "4", "5"]);
+    }
+
     #[test]
     fn a_queued_close_waits_for_earlier_replies() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(room_for(10));
         outbox.push_control("error");
         outbox.close_after_queued(close::RATE_LIMITED, "too many messages");
         assert_eq!(outbox.push_event(ev("t", None, 1)), Pushed::Closed);
@@ -390,7 +589,7 @@ mod tests {
 
     #[test]
     fn close_wins_over_queued_items() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(room_for(10));
         outbox.push_event(ev("t", None, 1));
         outbox.close(close::DRAINING, "draining");
         outbox.close(close::NORMAL, "later");

@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{Access, authorize, bearer, check_origin, expires_at, parse_filter, parse_since};
 use crate::error::ApiError;
 use crate::hub::{Connection, Transport, latency_since, prepare};
-use crate::node::{Admission, Node};
+use crate::node::{Admission, Node, Registration};
 use crate::outbox::{Outgoing, PreparedEvent};
 use crate::rate::TokenBucket;
+use crate::replay::Replay;
+use tidings_broker::BrokerError;
 
 /// Most events in one `batch` frame.
 const MAX_BATCH: usize = 100;
@@ -98,10 +100,10 @@ pub(crate) fn refusal_label(e: &ApiError) -> &'static str {
 }
 
 async fn prepare_upgrade(
-    node: &Node,
+    node: &Arc<Node>,
     query: Result<Query<ConnectParams>, QueryRejection>,
     headers: &HeaderMap,
-) -> Result<(Setup, Option<(Access, Admission)>), ApiError> {
+) -> Result<(Setup, Option<Joined>), ApiError> {
     if node.is_draining() {
         return Err(ApiError::unavailable("the gateway is draining; reconnect to another instance"));
     }
@@ -127,26 +129,67 @@ async fn prepare_upgrade(
     };
     let access = authorize(node, Some(token), setup.requested_workspace.as_deref()).await?;
     let admission = node.admit(&access.claims.sub)?;
-    Ok((setup, Some((access, admission))))
+    // Registered before the upgrade, so a broker that cannot serve the
+    // workspace is a 503 with Retry-After, not a socket closed right after it.
+    let joined = join(node, &setup, access, admission).await.map_err(|e| ApiError::unavailable(format!("broker unavailable: {e}")))?;
+    Ok((setup, Some(joined)))
+}
+
+/// A connection that is registered, with its replay begun when `since` was given.
+struct Joined {
+    access: Access,
+    _admission: Admission,
+    registration: Registration,
+    replay: Option<Replay>,
+}
+
+/// Creates and registers the connection (its live events held), then reads
+/// the first page of its replay.
+async fn join(node: &Arc<Node>, setup: &Setup, access: Access, admission: Admission) -> Result<Joined, BrokerError> {
+    let conn = node.new_connection(
+        &access.workspace_id,
+        &access.claims.sub,
+        access.claims.jti.clone(),
+        Transport::WebSocket,
+        setup.filter.clone(),
+    );
+    conn.outbox.hold();
+    let registration = node.register(&conn).await?;
+    let replay = match setup.since {
+        Some(since) => Some(Replay::begin(node, &access.workspace_id, since).await?),
+        None => None,
+    };
+    Ok(Joined { access, _admission: admission, registration, replay })
 }
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
-async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity: Option<(Access, Admission)>) {
+async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, joined: Option<Joined>) {
     let (mut sink, mut stream) = socket.split();
-    let (access, admission) = match identity {
-        Some(identity) => identity,
-        None => match first_message_auth(&node, &mut stream, setup.requested_workspace.as_deref()).await {
-            Ok(identity) => identity,
-            Err((code, reason)) => {
-                node.metrics.connections_refused.with_label_values(&["auth_message"]).inc();
-                send_close(&mut sink, code, reason).await;
-                return;
+    let joined = match joined {
+        Some(joined) => joined,
+        None => {
+            let (access, admission) = match first_message_auth(&node, &mut stream, setup.requested_workspace.as_deref()).await {
+                Ok(identity) => identity,
+                Err((code, reason)) => {
+                    node.metrics.connections_refused.with_label_values(&["auth_message"]).inc();
+                    send_close(&mut sink, code, reason).await;
+                    return;
+                }
+            };
+            match join(&node, &setup, access, admission).await {
+                Ok(joined) => joined,
+                Err(e) => {
+                    tracing::warn!(error = %e, "broker unavailable; refusing connection");
+                    node.metrics.connections_refused.with_label_values(&["unavailable"]).inc();
+                    send_close(&mut sink, close::TRY_AGAIN_LATER, "broker unavailable").await;
+                    return;
+                }
             }
-        },
+        }
     };
-    run_connection(node, sink, stream, setup, access, admission).await;
+    run_connection(node, sink, stream, setup, joined).await;
 }
 
 /// Waits for `{"type":"auth","token":"…"}` within the auth timeout.
@@ -176,57 +219,39 @@ async fn send_close(sink: &mut Sink, code: u16, reason: impl Into<Utf8Bytes>) {
     let _ = timeout(CLOSE_GRACE, sink.send(frame)).await;
 }
 
-/// Events of `page` that `keep` selects, prepared for sending.
-fn replayable(workspace_id: &str, page: &tidings_broker::HistoryPage, keep: impl Fn(&PreparedEvent) -> bool) -> Vec<Arc<PreparedEvent>> {
-    page.events.iter().filter_map(|e| prepare(workspace_id, e.json.clone())).filter(|e| keep(e)).map(Arc::new).collect()
-}
-
-async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: Setup, access: Access, admission: Admission) {
-    let _admission = admission;
-    let workspace_id = access.workspace_id.clone();
-    let conn =
-        node.new_connection(&workspace_id, &access.claims.sub, access.claims.jti.clone(), Transport::WebSocket, setup.filter.clone());
-
-    // Register first (live events are held), then read history, so that nothing
-    // published in between is missed; the outbox drops ids already replayed.
-    conn.outbox.hold();
-    if let Err(e) = node.register(&conn).await {
-        tracing::warn!(error = %e, "broker subscribe failed; refusing connection");
-        let mut sink = sink;
-        send_close(&mut sink, close::TRY_AGAIN_LATER, "broker unavailable").await;
-        return;
-    }
-    let mut recovered = None;
-    let mut replay = Vec::new();
-    if let Some(since) = setup.since {
-        match node.broker.history(&workspace_id, Some(since), node.config.history_size).await {
-            Ok(page) => {
-                recovered = Some(page.recovered);
-                replay = replayable(&workspace_id, &page, |e| setup.filter.matches(&e.event_type, e.entity_ref.as_deref()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "history read failed during recovery");
-                recovered = Some(false);
-            }
-        }
-    }
+async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: Setup, joined: Joined) {
+    let Joined { access, _admission, registration, replay } = joined;
+    let conn = registration.connection().clone();
     let connected = ServerMessage::Connected {
         connection_id: conn.connection_id.clone(),
-        workspace_id: workspace_id.clone(),
+        workspace_id: conn.workspace_id.clone(),
         user_id: access.claims.sub.clone(),
         server: node.config.instance_id.clone(),
         heartbeat_ms: node.config.heartbeat.as_millis() as u64,
         expires_at: expires_at(access.claims.exp),
-        recovered,
+        recovered: replay.as_ref().map(Replay::recovered),
     };
     conn.outbox.push_control(connected.to_json());
-    conn.outbox.release(replay);
     if node.is_draining() {
         conn.outbox.close(close::DRAINING, "draining");
     }
 
     let done = CancellationToken::new();
     let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, setup.batch, done.clone()));
+    // The replay runs while the writer sends, so it waits for room instead of
+    // piling up; live events published meanwhile wait in the held lane.
+    match replay {
+        Some(replay) => {
+            let keep = |e: &PreparedEvent| setup.filter.matches(&e.event_type, e.entity_ref.as_deref());
+            tokio::select! {
+                _ = done.cancelled() => {}
+                () = replay.run(&node, &conn, keep) => {}
+            }
+        }
+        None => {
+            conn.outbox.try_release(None);
+        }
+    }
     let mut session = Session {
         node: node.clone(),
         conn: conn.clone(),
@@ -235,7 +260,7 @@ async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: 
         rate_strikes: 0,
         refreshed_exp: None,
     };
-    let ended = read_loop(&mut session, &mut stream, &done).await;
+    let ended = if done.is_cancelled() { ReadEnd::Done } else { read_loop(&mut session, &mut stream, &done).await };
 
     // Let the writer finish a close handshake it started, then let the peer
     // answer it, so the close code reaches the client before the TCP close.
@@ -251,7 +276,7 @@ async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: 
     }
     done.cancel();
     let _ = writer.await;
-    node.unregister(&conn);
+    drop(registration);
 }
 
 /// The reader's per-connection state.
@@ -410,29 +435,30 @@ impl Session {
                     conn.set_filter(filter.clone());
                     return self.reply(ServerMessage::Subscribed { id, filter, recovered: None });
                 };
-                // Live events of the new filter wait while the missed ones are read.
+                // Live events (and those queued but not yet sent) wait while
+                // the missed ones are read; after `subscribed`, events restart
+                // from `since` in id order.
                 conn.outbox.hold();
                 conn.set_filter(filter.clone());
                 let last_sent = conn.outbox.last_sent();
-                let (replay, recovered) =
-                    match self.node.broker.history(&conn.workspace_id, Some(since), self.node.config.history_size).await {
-                        Ok(page) => {
-                            // Skip what this connection already received under its old filter.
-                            let replay = replayable(&conn.workspace_id, &page, |e| {
-                                let matches_new = filter.matches(&e.event_type, e.entity_ref.as_deref());
-                                let already_sent = e.id.is_some_and(|id| last_sent.is_some_and(|last| id <= last))
-                                    && old.matches(&e.event_type, e.entity_ref.as_deref());
-                                matches_new && !already_sent
-                            });
-                            (replay, page.recovered)
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "history read failed for subscribe since");
-                            (Vec::new(), false)
-                        }
-                    };
-                self.reply(ServerMessage::Subscribed { id, filter, recovered: Some(recovered) });
-                conn.outbox.release(replay);
+                let replay = match Replay::begin(&self.node, &conn.workspace_id, since).await {
+                    Ok(replay) => replay,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history read failed for subscribe since");
+                        conn.set_filter(old);
+                        conn.outbox.try_release(None);
+                        return self.reply(ServerMessage::error(error::UNAVAILABLE, "history is unavailable; subscribe again", id));
+                    }
+                };
+                self.reply(ServerMessage::Subscribed { id, filter: filter.clone(), recovered: Some(replay.recovered()) });
+                // Skip what this connection already received under its old filter.
+                let keep = |e: &PreparedEvent| {
+                    let matches_new = filter.matches(&e.event_type, e.entity_ref.as_deref());
+                    let already_sent = e.id.is_some_and(|id| last_sent.is_some_and(|last| id <= last))
+                        && old.matches(&e.event_type, e.entity_ref.as_deref());
+                    matches_new && !already_sent
+                };
+                replay.run(&self.node, &conn, keep).await;
             }
             ClientMessage::Unsubscribe { id, event_types, entity_refs } => {
                 let mut filter = conn.filter();
@@ -549,7 +575,13 @@ async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batc
                 break;
             }
         };
-        if !matches!(timeout(send_deadline, sink.send(message)).await, Ok(Ok(()))) {
+        let sent = tokio::select! {
+            sent = timeout(send_deadline, sink.send(message)) => matches!(sent, Ok(Ok(()))),
+            // Closed (e.g. condemned 4009) while a send to a client that does
+            // not read is stuck: give the frame up and send the close instead.
+            () = conn.outbox.closed() => continue,
+        };
+        if !sent {
             break;
         }
         if delivered > 0 {
@@ -562,4 +594,6 @@ async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batc
         }
     }
     done.cancel();
+    // Nothing sends any more: wake a replay waiting for room, and refuse pushes.
+    conn.outbox.close(close::NORMAL, "");
 }

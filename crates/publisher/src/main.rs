@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         let metrics = PublisherMetrics::register(&registry)?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "tidings")))?;
         let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(
-            RedisConfig { url: redis_url, cluster: args.redis_cluster, history_size: args.history_size as usize },
+            RedisConfig::new(redis_url, args.history_size as usize).with_cluster(args.redis_cluster),
             Arc::new(PublishOnly),
         )?);
         let publisher = Publisher::new(config, broker.clone(), metrics);
