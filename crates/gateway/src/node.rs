@@ -49,7 +49,15 @@ impl Refusal {
     }
 }
 
-/// A connection slot, held for the connection's life; dropping it frees the slot.
+/// A place under `TIDINGS_MAX_CONNECTIONS`, taken before the upgrade, while
+/// the user may still be unknown (first-message auth); dropping it frees it.
+#[derive(Debug)]
+pub struct Slot {
+    permit: OwnedSemaphorePermit,
+}
+
+/// A slot attached to its user, held for the connection's life; dropping it
+/// frees the slot and the user's count.
 #[derive(Debug)]
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
@@ -127,10 +135,26 @@ impl Node {
 
     /// Takes a connection slot for `user`, or says why not.
     pub fn admit(&self, user: &str) -> Result<Admission, Refusal> {
+        self.attach(self.reserve()?, user)
+    }
+
+    /// Takes a place under the process's connection cap for a socket whose
+    /// user is not known yet.
+    pub fn reserve(&self) -> Result<Slot, Refusal> {
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| Refusal::AtCapacity)?;
+        Ok(Slot { permit })
+    }
+
+    /// Counts `slot` against `user`'s cap once the user is known. Refused when
+    /// the process started draining meanwhile; either refusal frees the slot.
+    pub fn attach(&self, slot: Slot, user: &str) -> Result<Admission, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal::Draining);
+        }
+        let permit = slot.permit;
         let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(user.to_string()).or_insert(0);
         if *n >= self.config.max_connections_per_user {
