@@ -366,3 +366,18 @@ async fn a_signed_github_deployment_status_reaches_a_websocket_client_of_the_rou
     wait_for("publisher ready again", WAIT, || http_status(&format!("{}/readyz", publisher.base())) == Some(200));
     assert_eq!(send().await.unwrap().status(), 202, "the retry of the refused delivery is published");
 }
+
+/// Publishing needs Redis commands, not pub/sub: with an account that may not
+/// SUBSCRIBE (least privilege), the publisher's pub/sub connection never comes
+/// up, yet it is ready and publishes; without Redis it is not ready.
+#[tokio::test]
+async fn the_publisher_is_ready_on_its_command_connection_alone() {
+    let mut redis = TestRedis::start();
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "-subscribe", "-ssubscribe", "-psubscribe"]), "OK");
+    let publisher = spawn("tidings-publisher", &redis, "pub-no-pubsub"); // waits for /readyz 200
+    assert_eq!(publish(&publisher, "acme", json!({"type": "t"})).await.len(), 1);
+    assert_eq!(redis.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]), "", "no pub/sub connection exists");
+    redis.kill();
+    let readyz = format!("{}/readyz", publisher.base());
+    wait_for("the publisher to turn unready without Redis", WAIT, || http_status(&readyz) == Some(503));
+}
