@@ -32,6 +32,8 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
 pub async fn metrics(State(registry): State<Registry>) -> Response {
     match tokio::task::spawn_blocking(move || crate::metrics::render(&registry)).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error::INTERNAL, format!("gathering metrics failed: {e}")).into_response(),
+        Err(e) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error::INTERNAL, format!("gathering metrics failed: {e}")).into_response()
+        }
     }
 }

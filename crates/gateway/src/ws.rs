@@ -53,7 +53,7 @@ pub struct ConnectParams {
 /// Who the socket belongs to, as far as it was settled before the upgrade.
 enum Identity {
     /// The token came with the upgrade request.
-    Known(Access, Admission),
+    Known(Box<Access>, Admission),
     /// First-message auth: the socket holds a place under the connection cap
     /// while it waits, and is counted against its user once that is known.
     Pending(Slot),
@@ -142,7 +142,7 @@ async fn prepare_upgrade(
     };
     let access = authorize(node, Some(token), setup.requested_workspace.as_deref()).await?;
     let admission = node.attach(slot, &access.claims.sub)?;
-    Ok((setup, Identity::Known(access, admission)))
+    Ok((setup, Identity::Known(Box::new(access), admission)))
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -151,7 +151,7 @@ type Stream = SplitStream<WebSocket>;
 async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity: Identity) {
     let (mut sink, mut stream) = socket.split();
     let (access, admission) = match identity {
-        Identity::Known(access, admission) => (access, admission),
+        Identity::Known(access, admission) => (*access, admission),
         Identity::Pending(slot) => {
             let auth = first_message_auth(&node, &mut stream, setup.requested_workspace.as_deref(), slot);
             let refused = match AssertUnwindSafe(auth).catch_unwind().await {
@@ -432,9 +432,7 @@ impl FrameError {
                     WsError::Capacity(_) => FrameError::TooBig,
                     WsError::Utf8(_) => FrameError::InvalidUtf8,
                     WsError::Protocol(
-                        ProtocolError::ResetWithoutClosingHandshake
-                        | ProtocolError::SendAfterClosing
-                        | ProtocolError::ReceivedAfterClosing,
+                        ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing | ProtocolError::ReceivedAfterClosing,
                     ) => FrameError::Transport,
                     WsError::Protocol(_) => FrameError::Protocol,
                     _ => FrameError::Transport,

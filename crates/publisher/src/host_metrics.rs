@@ -148,7 +148,13 @@ pub async fn run(broker: Arc<dyn Broker>, workspace_id: String, interval: Durati
 }
 
 /// The loop of [`run`] over any [`Sample`]; each sample runs on the blocking pool.
-pub async fn run_with(mut sampler: impl Sample, broker: Arc<dyn Broker>, workspace_id: String, interval: Duration, stop: CancellationToken) {
+pub async fn run_with(
+    mut sampler: impl Sample,
+    broker: Arc<dyn Broker>,
+    workspace_id: String,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await; // the first sample needs a previous CPU reading
