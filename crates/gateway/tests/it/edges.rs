@@ -34,18 +34,20 @@ async fn a_token_without_iss_or_aud_is_refused_where_they_are_configured() {
     no_aud.aud = None;
     let mut neither = good();
     (neither.iss, neither.aud) = (None, None);
-    let cases = [(sign(&no_iss), "token_wrong_issuer"), (sign(&no_aud), "token_wrong_audience"), (sign(&neither), "token_wrong_issuer")];
+    // With both missing, either code is right (jsonwebtoken checks required claims in no fixed order).
+    let (iss, aud) = ("token_wrong_issuer", "token_wrong_audience");
+    let cases = [(sign(&no_iss), vec![iss]), (sign(&no_aud), vec![aud]), (sign(&neither), vec![iss, aud])];
     let http = reqwest::Client::new();
-    for (token, code) in &cases {
+    for (token, codes) in &cases {
         match Client::connect(&gw.ws_url(&format!("token={token}"))).await {
-            Ok(_) => panic!("{code}: the upgrade was accepted"),
-            Err(r) => assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some(*code)), "ws: {r:?}"),
+            Ok(_) => panic!("{codes:?}: the upgrade was accepted"),
+            Err(r) => assert!(r.status == 401 && codes.iter().any(|c| r.body["error"]["code"] == *c), "ws, want {codes:?}: {r:?}"),
         }
         for path in ["/v1/workspaces/acme/events", "/v1/workspaces/acme/latest", "/v1/workspaces/acme/events/stream"] {
             let r = http.get(format!("{}{path}", gw.base())).bearer_auth(token).send().await.unwrap();
             let status = r.status().as_u16();
             let body: serde_json::Value = r.json().await.unwrap_or_default();
-            assert_eq!((status, body["error"]["code"].as_str()), (401, Some(*code)), "{path}: {body}");
+            assert!(status == 401 && codes.iter().any(|c| body["error"]["code"] == *c), "{path}, want {codes:?}: {status} {body}");
         }
     }
     // The first-message auth path refuses it as well (1008), and the good token passes.
