@@ -376,6 +376,12 @@ impl RedisBroker {
         }
         matches!(timeout(Duration::from_secs(1), self.shared.commands.query::<String>(&redis::cmd("PING"))).await, Ok(Ok(_)))
     }
+
+    /// True while the command connection answers PING, whatever the pub/sub
+    /// connection's state: the readiness of a process that only publishes.
+    pub async fn commands_ready(&self) -> bool {
+        matches!(timeout(Duration::from_secs(1), self.shared.commands.query::<String>(&redis::cmd("PING"))).await, Ok(Ok(_)))
+    }
 }
 
 /// Where the pub/sub task gets its connection from.

@@ -466,3 +466,18 @@ async fn a_client_that_asks_for_history_and_never_reads_cannot_grow_the_gateway(
 fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
+
+/// Publishing needs Redis commands, not pub/sub: with an account that may not
+/// SUBSCRIBE (least privilege), the publisher's pub/sub connection never comes
+/// up, yet it is ready and publishes; without Redis it is not ready.
+#[tokio::test]
+async fn the_publisher_is_ready_on_its_command_connection_alone() {
+    let mut redis = TestRedis::start();
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "-subscribe", "-ssubscribe", "-psubscribe"]), "OK");
+    let publisher = spawn("tidings-publisher", &redis, "pub-no-pubsub"); // waits for /readyz 200
+    assert_eq!(publish(&publisher, "acme", json!({"type": "t"})).await.len(), 1);
+    assert_eq!(redis.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]), "", "no pub/sub connection exists");
+    redis.kill();
+    let readyz = format!("{}/readyz", publisher.base());
+    wait_for("the publisher to turn unready without Redis", WAIT, || http_status(&readyz) == Some(503));
+}

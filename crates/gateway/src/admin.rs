@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus::Registry;
+use tidings_protocol::codes::error;
 
 use crate::error::ApiError;
 use crate::node::Node;
@@ -26,7 +27,13 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"}))).into_response()
 }
 
-/// `GET /metrics`: Prometheus text exposition.
+/// `GET /metrics`: Prometheus text exposition. Gathering reads /proc (the
+/// process collector), blocking file I/O, so it runs off the runtime's workers.
 pub async fn metrics(State(registry): State<Registry>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render(&registry)).into_response()
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&registry)).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Err(e) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error::INTERNAL, format!("gathering metrics failed: {e}")).into_response()
+        }
+    }
 }

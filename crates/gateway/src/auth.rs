@@ -62,9 +62,9 @@ pub enum AuthError {
     Expired,
     #[error("token not valid yet (nbf)")]
     NotYetValid,
-    #[error("token issuer is not accepted")]
+    #[error("token issuer is missing or not accepted")]
     WrongIssuer,
-    #[error("token audience is not accepted")]
+    #[error("token audience is missing or not accepted")]
     WrongAudience,
     #[error("the token's kid is not among the identity provider's keys")]
     UnknownKey,
@@ -177,7 +177,12 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not merely right
+        // when present: jsonwebtoken checks `iss`/`aud` only if the token has them.
+        let mut required = vec!["exp", "sub"];
+        required.extend(config.jwt_issuer.as_ref().map(|_| "iss"));
+        required.extend(config.jwt_audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &config.jwt_issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -234,6 +239,9 @@ fn decode_with(token: &str, key: &DecodingKey, validation: &Validation) -> Resul
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
         ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::Malformed(format!("the token has no {claim:?} claim")),
         ErrorKind::InvalidAlgorithm => AuthError::Malformed("the token's algorithm does not match the configured key".into()),
         other => AuthError::Malformed(format!("{other:?}")),
     })
@@ -293,6 +301,12 @@ mod tests {
         c.iss = Some("idp".into());
         c.aud = Some(Audience::One("other".into()));
         assert_eq!(v.verify(&sign_hs256("s3cret", &c).unwrap()).await, Err(AuthError::WrongAudience));
+        // Absent is as wrong as different, once configured.
+        c.aud = None;
+        assert_eq!(v.verify(&sign_hs256("s3cret", &c).unwrap()).await, Err(AuthError::WrongAudience));
+        c.aud = Some(Audience::One("tidings".into()));
+        c.iss = None;
+        assert_eq!(v.verify(&sign_hs256("s3cret", &c).unwrap()).await, Err(AuthError::WrongIssuer));
     }
 
     #[test]

@@ -153,7 +153,7 @@ async fn sse_stream(
     // EventSource cannot send a fresh token, so the stream ends at `exp` (the
     // browser reconnects with a new one and `Last-Event-ID`).
     let expiring = Arc::downgrade(&conn);
-    let ttl = std::time::Duration::from_secs(access.claims.exp.saturating_sub(crate::auth::unix_now()));
+    let ttl = crate::ws::until_unix(access.claims.exp);
     tokio::spawn(async move {
         tokio::time::sleep(ttl).await;
         if let Some(conn) = expiring.upgrade() {

@@ -86,7 +86,10 @@ impl GatewayMetrics {
             broker_reconnects: reg(registry, IntCounter::new("tidings_broker_reconnects_total", "Reconnections to the broker.")?)?,
             subscribed_workspaces: reg(
                 registry,
-                IntGauge::new("tidings_subscribed_workspaces", "Workspaces this process is subscribed to.")?,
+                IntGauge::new(
+                    "tidings_subscribed_workspaces",
+                    "Workspaces with local readers; the broker subscriptions follow them (unsubscribing a few seconds after the last reader leaves).",
+                )?,
             )?,
             client_messages: reg(
                 registry,

@@ -51,7 +51,15 @@ impl Refusal {
     }
 }
 
-/// A connection slot, held for the connection's life; dropping it frees the slot.
+/// A place under `TIDINGS_MAX_CONNECTIONS`, taken before the upgrade, while
+/// the user may still be unknown (first-message auth); dropping it frees it.
+#[derive(Debug)]
+pub struct Slot {
+    permit: OwnedSemaphorePermit,
+}
+
+/// A slot attached to its user, held for the connection's life; dropping it
+/// frees the slot and the user's count.
 #[derive(Debug)]
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
@@ -144,10 +152,26 @@ impl Node {
 
     /// Takes a connection slot for `user`, or says why not.
     pub fn admit(&self, user: &str) -> Result<Admission, Refusal> {
+        self.attach(self.reserve()?, user)
+    }
+
+    /// Takes a place under the process's connection cap for a socket whose
+    /// user is not known yet.
+    pub fn reserve(&self) -> Result<Slot, Refusal> {
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| Refusal::AtCapacity)?;
+        Ok(Slot { permit })
+    }
+
+    /// Counts `slot` against `user`'s cap once the user is known. Refused when
+    /// the process started draining meanwhile; either refusal frees the slot.
+    pub fn attach(&self, slot: Slot, user: &str) -> Result<Admission, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal::Draining);
+        }
+        let permit = slot.permit;
         let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(user.to_string()).or_insert(0);
         if *n >= self.config.max_connections_per_user {
@@ -234,7 +258,10 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let conns = node.hub.all();
-            let ticks = (node.config.drain.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
+            // Spread over the first 80% of the period, so the last close
+            // handshakes finish within it too.
+            let spread = node.config.drain.mul_f64(0.8);
+            let ticks = (spread.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
             let per_tick = conns.len().div_ceil(ticks).max(1);
             let mut tick = tokio::time::interval(DRAIN_TICK);
             for batch in conns.chunks(per_tick) {

@@ -1,7 +1,6 @@
 //! The gateway's router and its serve loop with graceful shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::deadline::{DeadlineListener, PeerAddr};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::{admin, http, ws};
@@ -64,7 +64,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let stop_http = CancellationToken::new();
     let stop = stop_http.clone();
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+    // Writes to a peer that stopped reading fail after two heartbeats, as the
+    // WebSocket writer's sends do; that is what ends a stalled SSE stream.
+    let listener = DeadlineListener::new(listener, node.config.heartbeat * 2);
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<PeerAddr>())
         .with_graceful_shutdown(async move { stop.cancelled().await });
     let mut server = tokio::spawn(server.into_future());
     tokio::select! {

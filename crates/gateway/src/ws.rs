@@ -1,6 +1,7 @@
 //! The WebSocket transport (SPEC §3.2–3.4): checks before the upgrade, then one
 //! task reading client messages and one writing the connection's outbox.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tidings_protocol::codes::{close, error};
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{Access, authorize, bearer, check_origin, expires_at, parse_filter, parse_since};
 use crate::error::ApiError;
 use crate::hub::{Connection, Transport, latency_since, prepare};
-use crate::node::{Admission, Node, Registration};
+use crate::node::{Admission, Node, Registration, Slot};
 use crate::outbox::{Outgoing, PreparedEvent};
 use crate::rate::TokenBucket;
 use crate::replay::Replay;
@@ -36,6 +37,9 @@ const HISTORY_DEFAULT_LIMIT: usize = 100;
 const HISTORY_MAX_LIMIT: usize = 1000;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The longest timer armed for a token's `exp`: an absurd `exp` (year 9999,
+/// `u64::MAX`) must not overflow `Instant`, and no connection lives this long.
+const MAX_TOKEN_TIMER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Query parameters of `GET /ws`.
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +50,15 @@ pub struct ConnectParams {
     pub event_types: Option<String>,
     pub entity_refs: Option<String>,
     pub batch: Option<String>,
+}
+
+/// Who the socket belongs to, as far as it was settled before the upgrade.
+enum Identity {
+    /// The token came with the upgrade request: registered already.
+    Joined(Box<Joined>),
+    /// First-message auth: the socket holds a place under the connection cap
+    /// while it waits, and is counted against its user once that is known.
+    Pending(Slot),
 }
 
 /// What was settled before the upgrade.
@@ -103,7 +116,7 @@ async fn prepare_upgrade(
     node: &Arc<Node>,
     query: Result<Query<ConnectParams>, QueryRejection>,
     headers: &HeaderMap,
-) -> Result<(Setup, Option<Joined>), ApiError> {
+) -> Result<(Setup, Identity), ApiError> {
     if node.is_draining() {
         return Err(ApiError::unavailable("the gateway is draining; reconnect to another instance"));
     }
@@ -122,17 +135,19 @@ async fn prepare_upgrade(
     if let Some(w) = &setup.requested_workspace {
         tidings_protocol::event::validate_workspace_id(w).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
+    // Every socket holds a place under the cap from here on, authenticated or not.
+    let slot = node.reserve()?;
     let token = params.token.as_deref().or_else(|| bearer(headers));
     let Some(token) = token else {
         // First-message authentication after the upgrade.
-        return Ok((setup, None));
+        return Ok((setup, Identity::Pending(slot)));
     };
     let access = authorize(node, Some(token), setup.requested_workspace.as_deref()).await?;
-    let admission = node.admit(&access.claims.sub)?;
+    let admission = node.attach(slot, &access.claims.sub)?;
     // Registered before the upgrade, so a broker that cannot serve the
     // workspace is a 503 with Retry-After, not a socket closed right after it.
     let joined = join(node, &setup, access, admission).await.map_err(|e| ApiError::unavailable(format!("broker unavailable: {e}")))?;
-    Ok((setup, Some(joined)))
+    Ok((setup, Identity::Joined(Box::new(joined))))
 }
 
 /// A connection that is registered, with its replay begun when `since` was given.
@@ -165,12 +180,21 @@ async fn join(node: &Arc<Node>, setup: &Setup, access: Access, admission: Admiss
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
-async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, joined: Option<Joined>) {
+async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity: Identity) {
     let (mut sink, mut stream) = socket.split();
-    let joined = match joined {
-        Some(joined) => joined,
-        None => {
-            let (access, admission) = match first_message_auth(&node, &mut stream, setup.requested_workspace.as_deref()).await {
+    let joined = match identity {
+        Identity::Joined(joined) => *joined,
+        Identity::Pending(slot) => {
+            let auth = first_message_auth(&node, &mut stream, setup.requested_workspace.as_deref(), slot);
+            let refused = match AssertUnwindSafe(auth).catch_unwind().await {
+                Ok(Ok(identity)) => Ok(identity),
+                Ok(Err(refusal)) => Err(refusal),
+                Err(_) => {
+                    tracing::error!("panic during first-message auth; closing 1011");
+                    Err((close::INTERNAL, "internal error".to_string()))
+                }
+            };
+            let (access, admission) = match refused {
                 Ok(identity) => identity,
                 Err((code, reason)) => {
                     node.metrics.connections_refused.with_label_values(&["auth_message"]).inc();
@@ -192,12 +216,26 @@ async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, joined: 
     run_connection(node, sink, stream, setup, joined).await;
 }
 
-/// Waits for `{"type":"auth","token":"…"}` within the auth timeout.
-async fn first_message_auth(node: &Node, stream: &mut Stream, requested: Option<&str>) -> Result<(Access, Admission), (u16, String)> {
+/// Waits for `{"type":"auth","token":"…"}` within the auth timeout; `slot`
+/// becomes the connection's admission once the token names its user.
+async fn first_message_auth(
+    node: &Node,
+    stream: &mut Stream,
+    requested: Option<&str>,
+    slot: Slot,
+) -> Result<(Access, Admission), (u16, String)> {
     let policy = |reason: String| (close::POLICY, reason);
     let frame = match timeout(node.config.auth_timeout, stream.next()).await {
         Err(_) => return Err(policy("no auth message within the deadline".into())),
-        Ok(None) | Ok(Some(Err(_))) => return Err(policy("connection ended before auth".into())),
+        Ok(None) => return Err(policy("connection ended before auth".into())),
+        Ok(Some(Err(e))) => {
+            return Err(match FrameError::of(&e) {
+                FrameError::TooBig => (close::MESSAGE_TOO_BIG, "message too big".into()),
+                FrameError::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not valid UTF-8".into()),
+                FrameError::Protocol => (close::PROTOCOL_ERROR, "WebSocket protocol error".into()),
+                FrameError::Transport => policy("connection ended before auth".into()),
+            });
+        }
         Ok(Some(Ok(frame))) => frame,
     };
     let Message::Text(text) = frame else {
@@ -207,7 +245,7 @@ async fn first_message_auth(node: &Node, stream: &mut Stream, requested: Option<
         return Err(policy("the first message must be an auth message".into()));
     };
     let access = authorize(node, Some(&token), requested).await.map_err(|e| policy(e.message))?;
-    let admission = node.admit(&access.claims.sub).map_err(|r| match r {
+    let admission = node.attach(slot, &access.claims.sub).map_err(|r| match r {
         crate::node::Refusal::Draining => (close::DRAINING, r.to_string()),
         _ => (close::TRY_AGAIN_LATER, r.to_string()),
     })?;
@@ -265,10 +303,10 @@ async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: 
     // Let the writer finish a close handshake it started, then let the peer
     // answer it, so the close code reaches the client before the TCP close.
     if timeout(CLOSE_GRACE, done.cancelled()).await.is_ok() {
-        if ended == ReadEnd::TooBig {
-            // The rest of the oversized frame is still unread in the socket;
+        if ended == ReadEnd::Unread {
+            // Bytes of a refused frame may still be unread in the socket;
             // closing now would send a TCP reset that can overtake our close
-            // frame. Linger instead, so the peer reads 1009 and closes first.
+            // frame. Linger instead, so the peer reads the code and closes first.
             tokio::time::sleep(CLOSE_GRACE).await;
         } else {
             let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
@@ -294,11 +332,27 @@ struct Session {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadEnd {
     Done,
-    /// A frame over the size limit: the socket still holds its unread rest.
-    TooBig,
+    /// A frame was refused (over the size limit, not UTF-8, against the
+    /// protocol): the socket may still hold unread bytes of it.
+    Unread,
 }
 
+/// Reads client messages until the connection ends. A panic while handling
+/// one (a bug here or in a broker) closes the connection 1011 instead of
+/// leaving its socket open with nobody reading.
 async fn read_loop(session: &mut Session, stream: &mut Stream, done: &CancellationToken) -> ReadEnd {
+    let conn = session.conn.clone();
+    match AssertUnwindSafe(read_messages(session, stream, done)).catch_unwind().await {
+        Ok(end) => end,
+        Err(_) => {
+            tracing::error!(connection_id = %conn.connection_id, "panic in the connection reader; closing 1011");
+            conn.outbox.close(close::INTERNAL, "internal error");
+            ReadEnd::Done
+        }
+    }
+}
+
+async fn read_messages(session: &mut Session, stream: &mut Stream, done: &CancellationToken) -> ReadEnd {
     let heartbeat = session.node.config.heartbeat;
     let mut last_seen = Instant::now();
     let mut liveness = tokio::time::interval(heartbeat / 2);
@@ -323,12 +377,17 @@ async fn read_loop(session: &mut Session, stream: &mut Stream, done: &Cancellati
                 match frame {
                     None => { done.cancel(); return ReadEnd::Done; }
                     Some(Err(e)) => {
-                        if is_too_big(&e) {
-                            session.conn.outbox.close(close::MESSAGE_TOO_BIG, "message too big");
-                            return ReadEnd::TooBig;
-                        }
-                        done.cancel();
-                        return ReadEnd::Done;
+                        let (code, reason) = match FrameError::of(&e) {
+                            FrameError::TooBig => (close::MESSAGE_TOO_BIG, "message too big"),
+                            FrameError::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
+                            FrameError::Protocol => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
+                            FrameError::Transport => {
+                                done.cancel();
+                                return ReadEnd::Done;
+                            }
+                        };
+                        session.conn.outbox.close(code, reason);
+                        return ReadEnd::Unread;
                     }
                     Some(Ok(Message::Text(text))) => {
                         match session.admit_message() {
@@ -339,6 +398,10 @@ async fn read_loop(session: &mut Session, stream: &mut Stream, done: &Cancellati
                         session.handle_text(&text).await;
                         if let Some(new_exp) = session.refreshed_exp.take() {
                             expiry.as_mut().reset(Instant::now() + until_unix(new_exp));
+                        }
+                        if session.conn.outbox.is_closing() {
+                            // The message ended the connection (e.g. 4003 on a refresh).
+                            return ReadEnd::Done;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -361,20 +424,48 @@ async fn read_loop(session: &mut Session, stream: &mut Stream, done: &Cancellati
     }
 }
 
-fn until_unix(exp: u64) -> Duration {
-    Duration::from_secs(exp.saturating_sub(crate::auth::unix_now()))
+/// Time left until the Unix time `exp`, at most [`MAX_TOKEN_TIMER`] so that
+/// `Instant::now() + until_unix(exp)` cannot overflow.
+pub(crate) fn until_unix(exp: u64) -> Duration {
+    Duration::from_secs(exp.saturating_sub(crate::auth::unix_now())).min(MAX_TOKEN_TIMER)
 }
 
-fn is_too_big(e: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(tungstenite_error) = s.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(tungstenite_error, tokio_tungstenite::tungstenite::Error::Capacity(_));
+/// Why reading a frame failed, as far as the close code is concerned (RFC 6455 §7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameError {
+    /// Over `TIDINGS_MAX_MESSAGE_BYTES`: 1009.
+    TooBig,
+    /// A text frame that is not UTF-8: 1007.
+    InvalidUtf8,
+    /// Broken framing (unmasked, reserved bits or opcodes, stray continuation): 1002.
+    Protocol,
+    /// The connection itself failed or ended: nobody to send a close to.
+    Transport,
+}
+
+impl FrameError {
+    fn of(e: &axum::Error) -> Self {
+        use std::error::Error as _;
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        use tokio_tungstenite::tungstenite::error::ProtocolError;
+        let mut source = e.source();
+        while let Some(s) = source {
+            if let Some(ws_error) = s.downcast_ref::<WsError>() {
+                return match ws_error {
+                    WsError::Capacity(_) => FrameError::TooBig,
+                    WsError::Utf8(_) => FrameError::InvalidUtf8,
+                    WsError::Protocol(
+                        ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing | ProtocolError::ReceivedAfterClosing,
+                    ) => FrameError::Transport,
+                    WsError::Protocol(_) => FrameError::Protocol,
+                    _ => FrameError::Transport,
+                };
+            }
+            source = s.source();
         }
-        source = s.source();
+        let text = e.to_string();
+        if text.contains("too long") || text.contains("Space limit exceeded") { FrameError::TooBig } else { FrameError::Transport }
     }
-    e.to_string().contains("too long") || e.to_string().contains("Space limit exceeded")
 }
 
 enum Admit {
@@ -522,11 +613,9 @@ impl Session {
                     self.claims = claims;
                     self.reply(ServerMessage::Authenticated { id, expires_at });
                 }
-                Ok(_) => self.reply(ServerMessage::error(
-                    error::WORKSPACE_FORBIDDEN,
-                    "the new token must have the same sub and grant this connection's workspace",
-                    id,
-                )),
+                // SPEC §3.4: the connection lost access to its workspace.
+                Ok(_) => conn.outbox.close(close::FORBIDDEN, "the new token does not grant this connection (workspace or sub)"),
+                // The current token stands until its own `exp` (then 4001).
                 Err(e) => self.reply(ServerMessage::error(e.code, e.message, id)),
             },
         }

@@ -4,6 +4,11 @@
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
+    /// Protocol error: the client broke RFC 6455 framing (an unmasked frame,
+    /// non-zero reserved bits, a reserved opcode, a stray continuation…).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame (or a close reason) that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation: the auth message was missing or invalid after the upgrade.
     pub const POLICY: u16 = 1008;
     /// A frame was larger than `TIDINGS_MAX_MESSAGE_BYTES`.

@@ -118,15 +118,43 @@ fn round2(x: f64) -> f64 {
     if x.is_finite() { (x * 100.0).round() / 100.0 } else { 0.0 }
 }
 
+/// A source of host-metrics events. Sampling blocks (sysinfo reads /proc and
+/// /sys), so [`run_with`] calls it on the blocking pool, never on a runtime worker.
+pub trait Sample: Send + 'static {
+    fn sample_event(&mut self, workspace_id: &str) -> Event;
+}
+
+impl Sample for HostSampler {
+    fn sample_event(&mut self, workspace_id: &str) -> Event {
+        self.event(workspace_id)
+    }
+}
+
 /// Publishes host metrics to `workspace_id` every `interval` until `stop`.
 pub async fn run(broker: Arc<dyn Broker>, workspace_id: String, interval: Duration, stop: CancellationToken) {
-    let mut sampler = match HostSampler::new() {
-        Ok(s) => s,
-        Err(e) => {
+    // Building the sampler lists disks and interfaces: blocking as well.
+    let sampler = match tokio::task::spawn_blocking(HostSampler::new).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "host metrics disabled");
             return;
         }
+        Err(e) => {
+            tracing::warn!(error = %e, "host metrics disabled: the sampler could not be built");
+            return;
+        }
     };
+    run_with(sampler, broker, workspace_id, interval, stop).await;
+}
+
+/// The loop of [`run`] over any [`Sample`]; each sample runs on the blocking pool.
+pub async fn run_with(
+    mut sampler: impl Sample,
+    broker: Arc<dyn Broker>,
+    workspace_id: String,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await; // the first sample needs a previous CPU reading
@@ -135,7 +163,22 @@ pub async fn run(broker: Arc<dyn Broker>, workspace_id: String, interval: Durati
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let event = sampler.event(&workspace_id);
+        let workspace = workspace_id.clone();
+        let sampled = tokio::task::spawn_blocking(move || {
+            let event = sampler.sample_event(&workspace);
+            (sampler, event)
+        })
+        .await;
+        let event = match sampled {
+            Ok((back, event)) => {
+                sampler = back;
+                event
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "host metrics sampling failed; host metrics stop");
+                return;
+            }
+        };
         if let Err(e) = broker.publish(event).await {
             tracing::warn!(error = %e, "publishing host metrics failed");
         }
@@ -159,5 +202,39 @@ mod tests {
         assert!(m["storage"].as_array().unwrap().iter().any(|d| d["total_bytes"].as_u64().unwrap() > 0));
         assert!(m["network"].as_array().unwrap().iter().any(|n| n["interface"] == "lo"), "loopback is always there on Linux");
         assert!(event.entity_ref.unwrap().starts_with("host:default/"));
+    }
+
+    /// A sampler as slow as sysinfo on a busy host, that counts its samples.
+    struct Slow(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Sample for Slow {
+        fn sample_event(&mut self, workspace_id: &str) -> Event {
+            std::thread::sleep(Duration::from_millis(600));
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Event::new("metrics_update", workspace_id, serde_json::json!({"metrics": {"cpu": 1.0, "memory": 1.0}}))
+        }
+    }
+
+    /// On a one-thread runtime, a sample that blocks must not stall other tasks:
+    /// a 10 ms ticker keeps ticking while two slow samples run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn sampling_runs_off_the_runtime_worker() {
+        let samples = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let broker = Arc::new(tidings_broker::MemoryBroker::new(10));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_with(Slow(samples.clone()), broker, "dev".into(), Duration::from_millis(100), stop.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        let mut last = std::time::Instant::now();
+        let mut worst = Duration::ZERO;
+        while samples.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "two samples within the deadline");
+            ticker.tick().await;
+            worst = worst.max(last.elapsed());
+            last = std::time::Instant::now();
+        }
+        stop.cancel();
+        task.await.unwrap();
+        assert!(worst < Duration::from_millis(300), "the runtime stalled {worst:?} while sampling");
     }
 }

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use tidings_broker::Broker;
+use tidings_broker::{Broker, RedisBroker};
 use tower_http::timeout::TimeoutLayer;
 
 pub use metrics::PublisherMetrics;
@@ -99,11 +99,33 @@ impl PublisherConfig {
     }
 }
 
+/// What `/readyz` asks.
+#[derive(Clone, Default)]
+pub enum Readiness {
+    /// [`Broker::is_ready`] (the in-memory broker of `tidings dev`, tests).
+    #[default]
+    Broker,
+    /// Only the Redis command connection: publishing needs no pub/sub, so a
+    /// pub/sub connection that is down (or not permitted) must not make the
+    /// publisher unready.
+    RedisCommands(RedisBroker),
+}
+
+impl Readiness {
+    pub async fn check(&self, broker: &dyn Broker) -> bool {
+        match self {
+            Readiness::Broker => broker.is_ready().await,
+            Readiness::RedisCommands(redis) => redis.commands_ready().await,
+        }
+    }
+}
+
 /// Shared state of the publish endpoints.
 pub struct Publisher {
     pub config: PublisherConfig,
     pub broker: Arc<dyn Broker>,
     pub metrics: PublisherMetrics,
+    pub readiness: Readiness,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -114,7 +136,11 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     pub fn new(config: PublisherConfig, broker: Arc<dyn Broker>, metrics: PublisherMetrics) -> Arc<Self> {
-        Arc::new(Self { config, broker, metrics })
+        Self::with_readiness(config, broker, metrics, Readiness::Broker)
+    }
+
+    pub fn with_readiness(config: PublisherConfig, broker: Arc<dyn Broker>, metrics: PublisherMetrics, readiness: Readiness) -> Arc<Self> {
+        Arc::new(Self { config, broker, metrics, readiness })
     }
 }
 
@@ -150,4 +176,37 @@ pub fn router(publisher: Arc<Publisher>, registry: prometheus::Registry) -> Rout
         .merge(metrics)
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(axum::middleware::map_response(tidings_process::json_errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn client_chosen_types_share_one_other_series() {
+        let registry = prometheus::Registry::new();
+        let metrics = PublisherMetrics::register(&registry).unwrap();
+        let broker = Arc::new(tidings_broker::MemoryBroker::new(100));
+        let app = router(Publisher::new(PublisherConfig::new("t"), broker, metrics), registry);
+        let mut events: Vec<serde_json::Value> = (0..50).map(|i| serde_json::json!({"type": format!("whim_{i}")})).collect();
+        events.push(serde_json::json!({"type": "notification", "data": {"title": "t", "message": "m", "level": "info"}}));
+        let publish = Request::post("/v1/workspaces/acme/events")
+            .header("authorization", "Bearer t")
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&events).unwrap()))
+            .unwrap();
+        assert_eq!(app.clone().oneshot(publish).await.unwrap().status(), StatusCode::ACCEPTED);
+        let response = app.oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("tidings_events_published_total{")).collect();
+        assert_eq!(
+            series,
+            ["tidings_events_published_total{type=\"notification\"} 1", "tidings_events_published_total{type=\"other\"} 50"],
+            "{text}"
+        );
+    }
 }

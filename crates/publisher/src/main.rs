@@ -9,7 +9,7 @@ use clap::Parser;
 use tidings_broker::redis::check_redis_urls;
 use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
 use tidings_process::{init_logging, parse_args_or_exit, shutdown_signal};
-use tidings_publisher::{Publisher, PublisherMetrics};
+use tidings_publisher::{Publisher, PublisherMetrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
 /// Turns webhooks, host metrics and HTTP publishes into Tidings events.
@@ -82,11 +82,13 @@ fn main() -> ExitCode {
         let registry = prometheus::Registry::new();
         let metrics = PublisherMetrics::register(&registry)?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "tidings")))?;
-        let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(
+        let redis = RedisBroker::connect(
             RedisConfig::new(redis_url, args.history_size as usize).with_cluster(args.redis_cluster),
             Arc::new(PublishOnly),
-        )?);
-        let publisher = Publisher::new(config, broker.clone(), metrics);
+        )?;
+        let broker: Arc<dyn Broker> = Arc::new(redis.clone());
+        // Ready when Redis answers commands; the pub/sub connection is not ours to need.
+        let publisher = Publisher::with_readiness(config, broker.clone(), metrics, Readiness::RedisCommands(redis));
         let stop = CancellationToken::new();
         if let Some(workspace) = args.metrics_workspace.clone() {
             let interval = Duration::from_millis(args.metrics_interval_ms);

@@ -1,10 +1,15 @@
 //! The publisher's Prometheus metric families (SPEC §6).
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use tidings_protocol::payloads::WELL_KNOWN_TYPES;
+
+/// The `type` label of events whose type is not one of SPEC §2's well-known ones.
+pub const OTHER_TYPE: &str = "other";
 
 #[derive(Debug, Clone)]
 pub struct PublisherMetrics {
-    pub events_published: IntCounterVec,
+    /// By type, bounded: count through [`PublisherMetrics::count_published`].
+    events_published: IntCounterVec,
     pub publish_latency: Histogram,
     pub publish_requests: IntCounterVec,
     pub webhooks: IntCounterVec,
@@ -26,5 +31,13 @@ impl PublisherMetrics {
             IntCounterVec::new(Opts::new("tidings_webhooks_total", "Webhook deliveries, by source and result."), &["source", "result"])?;
         registry.register(Box::new(webhooks.clone()))?;
         Ok(Self { events_published, publish_latency, publish_requests, webhooks })
+    }
+
+    /// Counts one published event. Clients choose event types freely, so the
+    /// label is the type only when it is well-known, else `other`: one series
+    /// per type of the catalogue, never one per client whim.
+    pub fn count_published(&self, event_type: &str) {
+        let label = if WELL_KNOWN_TYPES.contains(&event_type) { event_type } else { OTHER_TYPE };
+        self.events_published.with_label_values(&[label]).inc();
     }
 }

@@ -136,7 +136,7 @@ async fn publish_inner(publisher: &Publisher, workspace_id: &str, headers: &Head
         match publisher.broker.publish(event).await {
             Ok(stored) => {
                 publisher.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
-                publisher.metrics.events_published.with_label_values(&[&event_type]).inc();
+                publisher.metrics.count_published(&event_type);
                 ids.push(stored.id.map(|id| id.to_string()).unwrap_or_default());
             }
             Err(e) => return Err(PublishError::Unavailable { message: e.to_string(), published: ids }),
@@ -150,7 +150,7 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(publisher): State<Arc<Publisher>>) -> Response {
-    if publisher.broker.is_ready().await {
+    if publisher.readiness.check(publisher.broker.as_ref()).await {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
     } else {
         let body = serde_json::json!({"error": {"code": error::UNAVAILABLE, "message": "broker unreachable"}});
@@ -159,9 +159,20 @@ pub async fn readyz(State(publisher): State<Arc<Publisher>>) -> Response {
 }
 
 pub async fn metrics(State(registry): State<prometheus::Registry>) -> Response {
-    let mut out = String::new();
-    let _ = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+    // Gathering reads /proc (the process collector): blocking file I/O, kept off the runtime's workers.
+    let gathered = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        let _ = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out);
+        out
+    })
+    .await;
+    match gathered {
+        Ok(out) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response(),
+        Err(e) => {
+            let body = serde_json::json!({"error": {"code": error::INTERNAL, "message": format!("gathering metrics failed: {e}")}});
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -205,3 +205,22 @@ async fn a_reader_returning_before_the_delayed_unsubscribe_keeps_one_subscriptio
     gw.publish("acme", "after_other_left", None, json!(null)).await;
     assert_eq!(again.next_json().await["type"], "after_other_left");
 }
+
+#[tokio::test]
+async fn a_connection_task_that_panics_leaves_the_hub() {
+    // Before: unregistering was the last statement of the connection task, so
+    // a panic anywhere before it left the connection in the hub for good.
+    let gw = TestGateway::start().await;
+    let node = gw.node.clone();
+    let conn = node.new_connection("acme", "u", None, tidings_gateway::hub::Transport::WebSocket, tidings_protocol::Filter::default());
+    let registration = node.register(&conn).await.unwrap();
+    assert_eq!(gw.node.hub.count("acme"), 1);
+    let task = tokio::spawn(async move {
+        let _registration = registration;
+        panic!("a bug in the reader");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(gw.node.hub.count("acme"), 0, "the registration's drop took it out");
+    let node = gw.node.clone();
+    wait_until(move || node.metrics.connections_open.with_label_values(&["websocket"]).get() == 0).await;
+}

@@ -8,6 +8,7 @@ mod support;
 
 mod connect;
 mod delivery;
+mod edges;
 mod garbage;
 mod http;
 mod messages;

@@ -91,7 +91,7 @@ async fn a_drain_reaches_every_client_in_time_with_more_clients_than_millisecond
     // from how long the sockets then take to carry 2,000 close frames.
     wait_until(|| conns.iter().all(|c| c.outbox.is_closing())).await;
     let took = started.elapsed();
-    assert!(took < drain + drain / 2, "the last connection was closed {took:?} after the drain started (drain {drain:?})");
+    assert!(took < drain * 2, "the last connection was closed {took:?} after the drain started (drain {drain:?})");
     for reader in readers {
         assert_eq!(reader.await.unwrap(), Some(1012));
     }

@@ -37,6 +37,15 @@ impl TestGateway {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Self {
+        Self::start_with_broker(adjust, |b| b as Arc<dyn Broker>).await
+    }
+
+    /// Like [`start_with`](Self::start_with), with the node's broker wrapped by
+    /// `wrap` (the harness still publishes through the memory broker inside).
+    pub async fn start_with_broker(
+        adjust: impl FnOnce(&mut GatewayConfig),
+        wrap: impl FnOnce(Arc<MemoryBroker>) -> Arc<dyn Broker> + Send + 'static,
+    ) -> Self {
         let mut config = GatewayConfig::new(SECRET);
         config.instance_id = "gw-test".into();
         config.unsubscribe_delay = Duration::from_millis(50);
@@ -47,7 +56,7 @@ impl TestGateway {
         let b = broker.clone();
         let node = Node::new(config, metrics, move |hub: Arc<dyn MessageHandler>| {
             b.set_handler(hub);
-            Ok(b as Arc<dyn Broker>)
+            Ok(wrap(b))
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -104,6 +113,13 @@ impl TestGateway {
         event.timestamp = Some(tidings_protocol::timestamp::now_rfc3339());
         event.validate().unwrap();
         self.broker.publish(event).await.unwrap()
+    }
+
+    /// The value of one sample line of `/metrics`, e.g.
+    /// `tidings_connections_open{transport="sse"}`; `None` when absent.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.base())).await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' '))).map(|v| v.trim().parse().unwrap())
     }
 
     /// Waits until the hub holds `n` connections in total.
@@ -226,5 +242,92 @@ impl Client {
     pub async fn assert_alive(&mut self) {
         let pong = self.request(json!({"type": "ping", "id": "alive"}), "pong").await;
         assert_eq!(pong["id"], "alive");
+    }
+}
+
+/// A WebSocket client on a bare TCP socket, for frames a well-behaved library
+/// refuses to send (invalid UTF-8, unmasked frames, reserved bits).
+pub struct RawWs {
+    pub tcp: TcpStream,
+}
+
+/// The opcode of a close frame.
+pub const OP_CLOSE: u8 = 0x8;
+/// The opcode of a text frame.
+pub const OP_TEXT: u8 = 0x1;
+
+impl RawWs {
+    /// Upgrades `GET /ws?{query}` and returns once the 101 headers are read.
+    pub async fn connect(addr: SocketAddr, query: &str) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /ws?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut byte)).await.expect("101 in time").unwrap();
+            assert_eq!(n, 1, "connection closed during the handshake: {}", String::from_utf8_lossy(&head));
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        RawWs { tcp }
+    }
+
+    /// Sends one frame: `first_byte` is FIN, RSV1-3 and the opcode; the payload
+    /// is masked when `masked` (as RFC 6455 requires of clients).
+    pub async fn send_frame(&mut self, first_byte: u8, masked: bool, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        assert!(payload.len() < 126, "short frames only");
+        let mut frame = vec![first_byte, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+        if masked {
+            let key = [0x12u8, 0x34, 0x56, 0x78];
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    /// Next frame as (opcode, payload); `None` once the server closed TCP.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 2];
+        match tokio::time::timeout(WAIT, self.tcp.read_exact(&mut head)).await.expect("a frame within the deadline") {
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                self.tcp.read_exact(&mut b).await.ok()?;
+                u64::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                self.tcp.read_exact(&mut b).await.ok()?;
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        self.tcp.read_exact(&mut payload).await.ok()?;
+        Some((head[0] & 0x0f, payload))
+    }
+
+    /// Reads until a close frame and returns its code; `None` when TCP ended
+    /// without one (what a client reports as 1006).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let (opcode, payload) = self.read_frame().await?;
+            if opcode == OP_CLOSE {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
     }
 }

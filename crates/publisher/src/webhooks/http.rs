@@ -212,7 +212,7 @@ async fn handle(
         let event_type = event.event_type.clone();
         match publisher.broker.publish(event).await {
             Ok(stored) => {
-                publisher.metrics.events_published.with_label_values(&[&event_type]).inc();
+                publisher.metrics.count_published(&event_type);
                 ids.push(stored.id.map(|i| i.to_string()).unwrap_or_default());
             }
             Err(e) => {
