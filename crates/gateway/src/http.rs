@@ -19,7 +19,6 @@ use crate::error::ApiError;
 use crate::hub::{Connection, Transport, prepare};
 use crate::node::{Admission, Node, Registration};
 use crate::outbox::Outgoing;
-use crate::replay::Replay;
 
 const POLL_DEFAULT_LIMIT: usize = 100;
 const POLL_MAX_LIMIT: usize = 1000;
@@ -117,34 +116,26 @@ async fn sse_stream(
     let admission = node.admit(&access.claims.sub)?;
 
     let conn = node.new_connection(&access.workspace_id, &access.claims.sub, access.claims.jti.clone(), Transport::Sse, filter.clone());
-    conn.outbox.hold();
-    let registration = node.register(&conn).await?;
-    let replay = match since {
-        Some(since) => Some(Replay::begin(&node, &access.workspace_id, since).await?),
-        None => None,
+    let connected = |recovered| {
+        ServerMessage::Connected {
+            connection_id: conn.connection_id.clone(),
+            workspace_id: access.workspace_id.clone(),
+            user_id: access.claims.sub.clone(),
+            server: node.config.instance_id.clone(),
+            heartbeat_ms: node.config.heartbeat.as_millis() as u64,
+            expires_at: crate::access::expires_at(access.claims.exp),
+            recovered,
+        }
+        .to_json()
     };
-    let connected = ServerMessage::Connected {
-        connection_id: conn.connection_id.clone(),
-        workspace_id: access.workspace_id.clone(),
-        user_id: access.claims.sub.clone(),
-        server: node.config.instance_id.clone(),
-        heartbeat_ms: node.config.heartbeat.as_millis() as u64,
-        expires_at: crate::access::expires_at(access.claims.exp),
-        recovered: replay.as_ref().map(Replay::recovered),
-    };
-    conn.outbox.push_control(connected.to_json());
-    match replay {
+    let (registration, replay) = crate::replay::join(&node, &conn, since, connected).await?;
+    if let Some(replay) = replay {
         // The stream is read as the replay queues (it waits for room); dropping
         // the stream closes the outbox, which ends the replay.
-        Some(replay) => {
-            let (node, conn) = (node.clone(), conn.clone());
-            tokio::spawn(async move {
-                replay.run(&node, &conn, |e| filter.matches(&e.event_type, e.entity_ref.as_deref())).await;
-            });
-        }
-        None => {
-            conn.outbox.try_release(None);
-        }
+        let (node, conn) = (node.clone(), conn.clone());
+        tokio::spawn(async move {
+            replay.run(&node, &conn, |e| filter.matches(&e.event_type, e.entity_ref.as_deref())).await;
+        });
     }
     if node.is_draining() {
         conn.outbox.close(tidings_protocol::codes::close::DRAINING, "draining");

@@ -97,9 +97,10 @@ struct Inner {
     bytes: usize,
     dropped_since_caught_up: u64,
     dropped_bytes_since_caught_up: usize,
-    /// Newest durable event dropped from the held lane for room; the replay
-    /// that is running reads it from history, so it is not lost.
+    /// Newest durable event dropped from the held lane for room, and how many
+    /// were; the replay that is running reads them from history.
     held_dropped: Option<EventId>,
+    held_dropped_count: u64,
     closing: Option<(u16, &'static str)>,
     /// A close is queued behind earlier replies; nothing more is accepted.
     close_queued: bool,
@@ -127,6 +128,7 @@ impl Inner {
             self.main.slots.extend(held.slots);
         }
         self.held_dropped = None;
+        self.held_dropped_count = 0;
     }
 }
 
@@ -180,6 +182,7 @@ impl Outbox {
         {
             // A replay is running and will read this one from history.
             state.held_dropped = Some(state.held_dropped.map_or(id, |d| d.max(id)));
+            state.held_dropped_count += 1;
             Pushed::Queued
         } else {
             match lane.slots.back_mut() {
@@ -274,10 +277,10 @@ impl Outbox {
     /// after it and resumes normal queueing. False, and still holding, when
     /// live events newer than `replayed_to` had to be dropped for room: the
     /// caller replays on from `replayed_to` and tries again.
-    pub fn try_release(&self, replayed_to: Option<EventId>) -> bool {
+    pub fn try_release(&self, replayed_to: EventId) -> bool {
         let mut inner = self.lock();
         if let Some(dropped) = inner.held_dropped
-            && replayed_to.is_none_or(|r| dropped > r)
+            && dropped > replayed_to
         {
             inner.held_dropped = None;
             return false;
@@ -286,6 +289,22 @@ impl Outbox {
         drop(inner);
         self.notify.notify_one();
         true
+    }
+
+    /// Ends a hold whose replay did not happen (history unreadable): the held
+    /// live events follow, and events dropped from the held lane for room are
+    /// reported with a `lagged` marker, as no replay will bring them.
+    pub fn release_without_replay(&self) {
+        let mut inner = self.lock();
+        let dropped = inner.held_dropped_count;
+        inner.unhold();
+        if dropped > 0 {
+            inner.main.slots.push_back(Slot::Lagged(dropped));
+            inner.bytes += SLOT_OVERHEAD;
+            inner.dropped_since_caught_up += dropped;
+        }
+        drop(inner);
+        self.notify.notify_one();
     }
 
     /// Ends the connection with `code`: the writer sends that close next, and
@@ -540,7 +559,7 @@ mod tests {
         for id in [2, 3] {
             assert!(outbox.push_replay(ev("t", None, id)).await);
         }
-        assert!(outbox.try_release(Some(EventId::new(3, 0))));
+        assert!(outbox.try_release(EventId::new(3, 0)));
         assert_eq!(drain(&outbox), ["ctl:connected", "2", "3", "4"]);
         assert_eq!(outbox.last_sent(), Some(EventId::new(4, 0)));
         outbox.push_event(ev("t", None, 4));
@@ -561,9 +580,20 @@ mod tests {
         });
         assert_eq!(drain(&outbox), ["1", "2"]);
         assert!(waiting.await.unwrap(), "the writer made room");
-        assert!(!outbox.try_release(Some(EventId::new(2, 0))), "event 3 was dropped from the held lane: replay on");
-        assert!(outbox.try_release(Some(EventId::new(3, 0))));
+        assert!(!outbox.try_release(EventId::new(2, 0)), "event 3 was dropped from the held lane: replay on");
+        assert!(outbox.try_release(EventId::new(3, 0)));
         assert_eq!(drain(&outbox), ["3"]);
+    }
+
+    #[test]
+    fn a_hold_ended_without_its_replay_reports_what_it_dropped() {
+        let outbox = Outbox::new(room_for(1));
+        outbox.push_event(ev("t", None, 1));
+        outbox.hold();
+        outbox.push_event(ev("t", None, 2));
+        outbox.push_event(ev("t", None, 3));
+        outbox.release_without_replay();
+        assert_eq!(drain(&outbox), ["1", "lagged:2"]);
     }
 
     #[tokio::test]
@@ -574,7 +604,7 @@ mod tests {
         outbox.hold();
         assert!(outbox.push_replay(ev("t", None, 4)).await);
         assert!(outbox.push_replay(ev("t", None, 5)).await);
-        assert!(outbox.try_release(Some(EventId::new(5, 0))));
+        assert!(outbox.try_release(EventId::new(5, 0)));
         assert_eq!(drain(&outbox), ["ctl:subscribed", "4", "5"]);
     }
 

@@ -10,7 +10,7 @@ use tidings_protocol::EventId;
 use tidings_protocol::codes::close;
 
 use crate::hub::{Connection, prepare};
-use crate::node::Node;
+use crate::node::{Node, Registration};
 use crate::outbox::PreparedEvent;
 
 /// Events read from history per request.
@@ -18,6 +18,28 @@ pub const REPLAY_PAGE: usize = 500;
 /// Times a replay may find that live events it must cover were dropped for
 /// room meanwhile; a client that keeps falling behind its own replay is too slow.
 const MAX_CATCH_UPS: usize = 8;
+
+/// Registers `conn` with its `connected` message first in its queue. Without
+/// `since`, the message is queued before the connection can receive live
+/// events. With `since`, live events are held, the first history page is read
+/// (it decides `recovered`), and the returned replay must be run once a writer
+/// drains the queue. `connected` builds the message from `recovered`.
+pub async fn join(
+    node: &Arc<Node>,
+    conn: &Arc<Connection>,
+    since: Option<EventId>,
+    connected: impl FnOnce(Option<bool>) -> String,
+) -> Result<(Registration, Option<Replay>), BrokerError> {
+    let Some(since) = since else {
+        conn.outbox.push_control(connected(None));
+        return Ok((node.register(conn).await?, None));
+    };
+    conn.outbox.hold();
+    let registration = node.register(conn).await?;
+    let replay = Replay::begin(node, &conn.workspace_id, since).await?;
+    conn.outbox.push_control(connected(Some(replay.recovered())));
+    Ok((registration, Some(replay)))
+}
 
 /// A replay whose first page is read.
 #[derive(Debug)]
@@ -70,7 +92,7 @@ impl Replay {
             if page.more {
                 continue;
             }
-            if conn.outbox.try_release(Some(cursor)) {
+            if conn.outbox.try_release(cursor) {
                 return;
             }
             catch_ups += 1;

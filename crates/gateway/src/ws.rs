@@ -158,8 +158,8 @@ struct Joined {
     replay: Option<Replay>,
 }
 
-/// Creates and registers the connection (its live events held), then reads
-/// the first page of its replay.
+/// Creates and registers the connection with its `connected` message queued
+/// first, and reads the first page of its replay when `since` was given.
 async fn join(node: &Arc<Node>, setup: &Setup, access: Access, admission: Admission) -> Result<Joined, BrokerError> {
     let conn = node.new_connection(
         &access.workspace_id,
@@ -168,12 +168,19 @@ async fn join(node: &Arc<Node>, setup: &Setup, access: Access, admission: Admiss
         Transport::WebSocket,
         setup.filter.clone(),
     );
-    conn.outbox.hold();
-    let registration = node.register(&conn).await?;
-    let replay = match setup.since {
-        Some(since) => Some(Replay::begin(node, &access.workspace_id, since).await?),
-        None => None,
+    let connected = |recovered| {
+        ServerMessage::Connected {
+            connection_id: conn.connection_id.clone(),
+            workspace_id: conn.workspace_id.clone(),
+            user_id: access.claims.sub.clone(),
+            server: node.config.instance_id.clone(),
+            heartbeat_ms: node.config.heartbeat.as_millis() as u64,
+            expires_at: expires_at(access.claims.exp),
+            recovered,
+        }
+        .to_json()
     };
+    let (registration, replay) = crate::replay::join(node, &conn, setup.since, connected).await?;
     Ok(Joined { access, _admission: admission, registration, replay })
 }
 
@@ -260,16 +267,6 @@ async fn send_close(sink: &mut Sink, code: u16, reason: impl Into<Utf8Bytes>) {
 async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: Setup, joined: Joined) {
     let Joined { access, _admission, registration, replay } = joined;
     let conn = registration.connection().clone();
-    let connected = ServerMessage::Connected {
-        connection_id: conn.connection_id.clone(),
-        workspace_id: conn.workspace_id.clone(),
-        user_id: access.claims.sub.clone(),
-        server: node.config.instance_id.clone(),
-        heartbeat_ms: node.config.heartbeat.as_millis() as u64,
-        expires_at: expires_at(access.claims.exp),
-        recovered: replay.as_ref().map(Replay::recovered),
-    };
-    conn.outbox.push_control(connected.to_json());
     if node.is_draining() {
         conn.outbox.close(close::DRAINING, "draining");
     }
@@ -278,16 +275,11 @@ async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: 
     let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, setup.batch, done.clone()));
     // The replay runs while the writer sends, so it waits for room instead of
     // piling up; live events published meanwhile wait in the held lane.
-    match replay {
-        Some(replay) => {
-            let keep = |e: &PreparedEvent| setup.filter.matches(&e.event_type, e.entity_ref.as_deref());
-            tokio::select! {
-                _ = done.cancelled() => {}
-                () = replay.run(&node, &conn, keep) => {}
-            }
-        }
-        None => {
-            conn.outbox.try_release(None);
+    if let Some(replay) = replay {
+        let keep = |e: &PreparedEvent| setup.filter.matches(&e.event_type, e.entity_ref.as_deref());
+        tokio::select! {
+            _ = done.cancelled() => {}
+            () = replay.run(&node, &conn, keep) => {}
         }
     }
     let mut session = Session {
@@ -537,7 +529,7 @@ impl Session {
                     Err(e) => {
                         tracing::warn!(error = %e, "history read failed for subscribe since");
                         conn.set_filter(old);
-                        conn.outbox.try_release(None);
+                        conn.outbox.release_without_replay();
                         return self.reply(ServerMessage::error(error::UNAVAILABLE, "history is unavailable; subscribe again", id));
                     }
                 };
