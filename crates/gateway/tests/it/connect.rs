@@ -67,16 +67,11 @@ async fn refused(gw: &TestGateway, query: &str) -> Refused {
 #[tokio::test]
 async fn every_401() {
     let gw = TestGateway::start_with(|c| {
-        c.jwt_issuer = Some("idp".into());
-        c.jwt_audience = Some("tidings".into());
+        c.jwt_issuer = Some(ISSUER.into());
+        c.jwt_audience = Some(AUDIENCE.into());
     })
     .await;
-    let good = || {
-        let mut c = claims("acme", "u");
-        c.iss = Some("idp".into());
-        c.aud = Some(Audience::One("tidings".into()));
-        c
-    };
+    let good = || issued_claims("acme", "u");
     let mut expired = good();
     expired.exp = unix_now() - 60;
     let mut early = good();

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 use tidings_broker::{Broker, BrokerError, HistoryPage, LatestEvent, MemoryBroker};
-use tidings_gateway::auth::{Audience, unix_now};
+use tidings_gateway::auth::unix_now;
 use tidings_protocol::{Event, EventId};
 use tokio::io::AsyncWriteExt;
 
@@ -18,16 +18,11 @@ use crate::support::*;
 #[tokio::test]
 async fn a_token_without_iss_or_aud_is_refused_where_they_are_configured() {
     let gw = TestGateway::start_with(|c| {
-        c.jwt_issuer = Some("idp".into());
-        c.jwt_audience = Some("tidings".into());
+        c.jwt_issuer = Some(ISSUER.into());
+        c.jwt_audience = Some(AUDIENCE.into());
     })
     .await;
-    let good = || {
-        let mut c = claims("acme", "u");
-        c.iss = Some("idp".into());
-        c.aud = Some(Audience::One("tidings".into()));
-        c
-    };
+    let good = || issued_claims("acme", "u");
     let mut no_iss = good();
     no_iss.iss = None;
     let mut no_aud = good();

@@ -137,6 +137,17 @@ impl Drop for TestGateway {
     }
 }
 
+/// The `iss` and `aud` of gateways that check them, and claims that carry them.
+pub const ISSUER: &str = "idp";
+pub const AUDIENCE: &str = "tidings";
+
+pub fn issued_claims(workspace: &str, sub: &str) -> Claims {
+    let mut c = claims(workspace, sub);
+    c.iss = Some(ISSUER.into());
+    c.aud = Some(tidings_gateway::auth::Audience::One(AUDIENCE.into()));
+    c
+}
+
 pub fn claims(workspace: &str, sub: &str) -> Claims {
     Claims {
         sub: sub.into(),
