@@ -135,12 +135,19 @@ pub trait Broker: Send + Sync + 'static {
     /// Is this token id revoked (`tidings:revoked:<jti>`)?
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
 
-    /// Claims a webhook delivery (`SET tidings:dedup:<source>:<delivery> NX EX 24h`):
-    /// true the first time, false for a redelivery.
-    fn claim_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
+    /// Claims a webhook delivery and durably publishes `events` (all of one
+    /// workspace, in order) as one atomic step: either the delivery is new and
+    /// every event is stored, or it was seen within [`DEDUP_TTL_SECS`] and
+    /// nothing is. An error can come after the step took effect (a timeout):
+    /// then the sender's retry is answered [`PublishedOnce::Duplicate`] if it
+    /// did and published if it did not — exactly once either way, so callers
+    /// never release a claim.
+    fn publish_once<'a>(&'a self, claim: &'a DeliveryClaim, events: Vec<Event>) -> BoxFuture<'a, Result<PublishedOnce, BrokerError>>;
 
-    /// Forgets a claimed delivery whose publish failed, so the sender's retry works.
-    fn release_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Revokes a token id (`SET tidings:revoked:<jti>` until `exp`, or for good
+    /// without one, then `PUBLISH tidings:revocations <jti>`): every gateway
+    /// refuses it from now on and closes its live connections with 4003.
+    fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Remembers (or, with `None`, forgets) which catalog entity a source's
     /// object belongs to, e.g. GitHub repository `acme/checkout` →
@@ -149,6 +156,23 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The entity linked to a source's object, if any.
     fn linked_entity<'a>(&'a self, source: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<String>, BrokerError>>;
+}
+
+/// A webhook delivery to publish at most once: `source` (`github`, …) and the
+/// sender's delivery id (or a hash of the body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryClaim {
+    pub source: String,
+    pub delivery: String,
+}
+
+/// What [`Broker::publish_once`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishedOnce {
+    /// The events as stored, with their ids.
+    Published(Vec<Event>),
+    /// The delivery was published before; nothing was written.
+    Duplicate,
 }
 
 /// How long a webhook delivery id is remembered.

@@ -67,7 +67,7 @@ impl MemoryBroker {
 
     /// Revokes a token id, as `SET tidings:revoked:<jti>` plus `PUBLISH
     /// tidings:revocations <jti>` do on Redis (no expiry: a dev process is short-lived).
-    pub fn revoke(&self, jti: &str) {
+    pub fn revoke_now(&self, jti: &str) {
         self.lock().revoked.insert(jti.to_string());
         if let Some(h) = self.handler.get() {
             h.on_revoked(jti);
@@ -87,8 +87,12 @@ impl MemoryBroker {
         }
     }
 
-    fn publish_now(&self, mut event: Event) -> Event {
+    fn publish_now(&self, event: Event) -> Event {
         let mut state = self.lock();
+        self.publish_locked(&mut state, event)
+    }
+
+    fn publish_locked(&self, state: &mut State, mut event: Event) -> Event {
         let log = state.logs.entry(event.workspace_id.clone()).or_default();
         let id = log.last_id.next_after(now_ms());
         log.last_id = id;
@@ -103,7 +107,7 @@ impl MemoryBroker {
         if let Some(entity_ref) = event.entity_ref.as_ref().filter(|_| is_conflatable(&event.event_type)) {
             log.latest.entry(entity_ref.clone()).or_default().insert(event.event_type.clone(), json.clone());
         }
-        self.deliver(&state, &event.workspace_id, json);
+        self.deliver(state, &event.workspace_id, json);
         event
     }
 
@@ -193,20 +197,28 @@ impl Broker for MemoryBroker {
         ready(Ok(self.lock().revoked.contains(jti))).boxed()
     }
 
-    fn claim_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+    fn publish_once<'a>(
+        &'a self,
+        claim: &'a crate::DeliveryClaim,
+        events: Vec<Event>,
+    ) -> BoxFuture<'a, Result<crate::PublishedOnce, BrokerError>> {
+        if events.windows(2).any(|w| w[0].workspace_id != w[1].workspace_id) {
+            return ready(Err(BrokerError::Protocol("the events of one delivery must share a workspace".into()))).boxed();
+        }
         let now = std::time::Instant::now();
         let mut state = self.lock();
         state.deliveries.retain(|_, expires| *expires > now);
-        let key = tidings_protocol::keys::dedup(source, delivery);
-        let fresh = !state.deliveries.contains_key(&key);
-        if fresh {
-            state.deliveries.insert(key, now + std::time::Duration::from_secs(crate::DEDUP_TTL_SECS));
+        let key = tidings_protocol::keys::dedup(&claim.source, &claim.delivery);
+        if state.deliveries.contains_key(&key) {
+            return ready(Ok(crate::PublishedOnce::Duplicate)).boxed();
         }
-        ready(Ok(fresh)).boxed()
+        state.deliveries.insert(key, now + std::time::Duration::from_secs(crate::DEDUP_TTL_SECS));
+        let stored = events.into_iter().map(|e| self.publish_locked(&mut state, e)).collect();
+        ready(Ok(crate::PublishedOnce::Published(stored))).boxed()
     }
 
-    fn release_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.lock().deliveries.remove(&tidings_protocol::keys::dedup(source, delivery));
+    fn revoke<'a>(&'a self, jti: &'a str, _exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.revoke_now(jti);
         ready(Ok(())).boxed()
     }
 

@@ -274,21 +274,68 @@ impl RedisBroker {
     async fn publish_durable(&self, mut event: Event) -> Result<Event, BrokerError> {
         event.id = None;
         let keys = self.keys(&event.workspace_id);
-        let latest_field = match &event.entity_ref {
-            Some(r) if is_conflatable(&event.event_type) => format!("{}:{r}", event.event_type),
-            _ => String::new(),
-        };
         let mut invocation = self.script.key(&keys.events);
         invocation
             .key(&keys.latest)
             .key(&keys.channel)
             .arg(event.to_json())
             .arg(self.shared.history_size)
-            .arg(latest_field)
+            .arg(latest_field(&event))
             .arg(if self.shared.cluster { "1" } else { "0" });
         let id: String = self.shared.commands.invoke(&invocation).await?;
         event.id = Some(id.parse().map_err(|e| BrokerError::Protocol(format!("script returned {id:?}: {e}")))?);
         Ok(event)
+    }
+
+    /// The extended form of the script: the delivery key and every event in one step.
+    async fn publish_claimed(&self, claim: &crate::DeliveryClaim, mut events: Vec<Event>) -> Result<crate::PublishedOnce, BrokerError> {
+        let Some(workspace_id) = events.first().map(|e| e.workspace_id.clone()) else {
+            return Ok(crate::PublishedOnce::Published(Vec::new()));
+        };
+        if events.iter().any(|e| e.workspace_id != workspace_id) {
+            return Err(BrokerError::Protocol("the events of one delivery must share a workspace".into()));
+        }
+        let keys = self.keys(&workspace_id);
+        let dedup = tidings_protocol::keys::dedup_in(&workspace_id, &claim.source, &claim.delivery, self.shared.cluster);
+        let mut invocation = self.script.key(&keys.events);
+        invocation.key(&keys.latest).key(&keys.channel).key(&dedup);
+        for (n, event) in events.iter_mut().enumerate() {
+            event.id = None;
+            invocation.arg(event.to_json());
+            if n == 0 {
+                invocation
+                    .arg(self.shared.history_size)
+                    .arg(latest_field(event))
+                    .arg(if self.shared.cluster { "1" } else { "0" })
+                    .arg(crate::DEDUP_TTL_SECS);
+            } else {
+                invocation.arg(latest_field(event));
+            }
+        }
+        let ids: Option<Vec<String>> = self.shared.commands.invoke(&invocation).await?;
+        let Some(ids) = ids else { return Ok(crate::PublishedOnce::Duplicate) };
+        if ids.len() != events.len() {
+            return Err(BrokerError::Protocol(format!("script returned {} ids for {} events", ids.len(), events.len())));
+        }
+        for (event, id) in events.iter_mut().zip(ids) {
+            event.id = Some(id.parse().map_err(|e| BrokerError::Protocol(format!("script returned {id:?}: {e}")))?);
+        }
+        Ok(crate::PublishedOnce::Published(events))
+    }
+
+    async fn revoke_token(&self, jti: &str, exp: Option<u64>) -> Result<(), BrokerError> {
+        let mut set = redis::cmd("SET");
+        set.arg(tidings_protocol::keys::revoked(jti)).arg("1");
+        if let Some(exp) = exp {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            // Past its `exp` a token is refused anyway; keep the key a minute
+            // so a gateway with a late clock still sees it.
+            set.arg("EX").arg(exp.saturating_sub(now).max(60));
+        }
+        let _: String = self.shared.commands.query(&set).await?;
+        // Plain PUBLISH also on a cluster: it reaches every node's subscribers.
+        let _: i64 = self.shared.commands.query(redis::cmd("PUBLISH").arg(REVOCATIONS_CHANNEL).arg(jti)).await?;
+        Ok(())
     }
 
     async fn publish_live_only(&self, event: Event) -> Result<(), BrokerError> {
@@ -381,6 +428,15 @@ impl RedisBroker {
     /// connection's state: the readiness of a process that only publishes.
     pub async fn commands_ready(&self) -> bool {
         matches!(timeout(Duration::from_secs(1), self.shared.commands.query::<String>(&redis::cmd("PING"))).await, Ok(Ok(_)))
+    }
+}
+
+/// The latest-state field of an event (`<type>:<entity_ref>` for conflatable
+/// types with an entity), or "" when it has none.
+fn latest_field(event: &Event) -> String {
+    match &event.entity_ref {
+        Some(r) if is_conflatable(&event.event_type) => format!("{}:{r}", event.event_type),
+        _ => String::new(),
     }
 }
 
@@ -904,22 +960,16 @@ impl Broker for RedisBroker {
         self.ping().boxed()
     }
 
-    fn claim_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
-        async move {
-            let key = tidings_protocol::keys::dedup(source, delivery);
-            let set: Option<String> =
-                self.shared.commands.query(redis::cmd("SET").arg(key).arg("1").arg("NX").arg("EX").arg(crate::DEDUP_TTL_SECS)).await?;
-            Ok(set.is_some())
-        }
-        .boxed()
+    fn publish_once<'a>(
+        &'a self,
+        claim: &'a crate::DeliveryClaim,
+        events: Vec<Event>,
+    ) -> BoxFuture<'a, Result<crate::PublishedOnce, BrokerError>> {
+        self.publish_claimed(claim, events).boxed()
     }
 
-    fn release_delivery<'a>(&'a self, source: &'a str, delivery: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        async move {
-            let _: i64 = self.shared.commands.query(redis::cmd("DEL").arg(tidings_protocol::keys::dedup(source, delivery))).await?;
-            Ok(())
-        }
-        .boxed()
+    fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.revoke_token(jti, exp).boxed()
     }
 
     fn link_entity<'a>(&'a self, source: &'a str, key: &'a str, entity_ref: Option<&'a str>) -> BoxFuture<'a, Result<(), BrokerError>> {

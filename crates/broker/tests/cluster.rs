@@ -90,6 +90,16 @@ async fn workspaces_spread_over_masters_with_hash_tagged_keys() {
     assert_eq!(cluster.cli(&["EXISTS", "workspace:{team-0}:events"]), "1", "hash-tagged stream");
     let history = broker.history("team-0", None, 10).await.unwrap();
     assert_eq!(history.events.len(), 5);
+
+    // A webhook delivery: the claim carries the workspace's hash tag, so one
+    // script claims and publishes in the workspace's slot.
+    let claim = tidings_broker::DeliveryClaim { source: "github".into(), delivery: "d-1".into() };
+    let published = broker.publish_once(&claim, vec![event("team-1", 10), event("team-1", 11)]).await.unwrap();
+    let tidings_broker::PublishedOnce::Published(stored) = published else { panic!("a new delivery is published") };
+    let ids: Vec<String> = stored.iter().map(|e| e.id.unwrap().to_string()).collect();
+    wait_until("the delivery's events", || seen.ids("team-1").ends_with(&ids)).await;
+    assert_eq!(broker.publish_once(&claim, vec![event("team-1", 10)]).await.unwrap(), tidings_broker::PublishedOnce::Duplicate);
+    assert_eq!(cluster.cli(&["EXISTS", "tidings:dedup:{team-1}:github:d-1"]), "1");
 }
 
 #[tokio::test]

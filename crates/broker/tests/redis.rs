@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
+use tidings_broker::{Broker, DeliveryClaim, MessageHandler, PublishedOnce, RedisBroker, RedisConfig};
 use tidings_protocol::{Event, EventId};
 use tidings_testkit::TestRedis;
 
@@ -21,6 +21,7 @@ struct Collect {
     reading: Mutex<Vec<String>>,
     reconnects: Mutex<u32>,
     gaps: Mutex<Vec<String>>,
+    revoked: Mutex<Vec<String>>,
 }
 
 impl MessageHandler for Collect {
@@ -35,6 +36,9 @@ impl MessageHandler for Collect {
     }
     fn on_gap(&self, workspace_id: &str) {
         self.gaps.lock().unwrap().push(workspace_id.to_string());
+    }
+    fn on_revoked(&self, jti: &str) {
+        self.revoked.lock().unwrap().push(jti.to_string());
     }
 }
 
@@ -242,27 +246,77 @@ async fn the_shipped_lua_script_publishes_for_any_service() {
     assert!(err.contains("non-empty JSON object"), "{err}");
 }
 
+fn claim(delivery: &str) -> DeliveryClaim {
+    DeliveryClaim { source: "github".into(), delivery: delivery.into() }
+}
+
 #[tokio::test]
-async fn delivery_claims_and_entity_links_live_in_redis() {
+async fn a_delivery_is_claimed_and_published_in_one_step() {
+    let redis = TestRedis::start();
+    let (broker, seen) = broker(&redis, 100);
+    ready(&broker).await;
+    seen.follow(&broker, "acme").await;
+    let PublishedOnce::Published(stored) = broker.publish_once(&claim("d-1"), vec![event("acme", 1), event("acme", 2)]).await.unwrap()
+    else {
+        panic!("a new delivery is published");
+    };
+    let ids: Vec<String> = stored.iter().map(|e| e.id.unwrap().to_string()).collect();
+    assert!(stored[0].id < stored[1].id);
+    wait_until("both events", || seen.ids("acme") == ids).await;
+    let ttl: i64 = redis.cli(&["TTL", "tidings:dedup:github:d-1"]).parse().unwrap();
+    assert!((86_000..=86_400).contains(&ttl), "remembered for 24 h, TTL {ttl}");
+    assert_eq!(broker.publish_once(&claim("d-1"), vec![event("acme", 1), event("acme", 2)]).await.unwrap(), PublishedOnce::Duplicate);
+    assert_eq!(redis.cli(&["XLEN", "workspace:acme:events"]), "2", "the redelivery wrote nothing");
+}
+
+#[tokio::test]
+async fn a_publish_that_fails_keeps_no_claim_and_the_retry_publishes_once() {
+    // Before: the claim (SET NX) and the publish were separate steps; a failed
+    // publish whose release also failed answered every retry `duplicate`.
     let redis = TestRedis::start();
     let (broker, _) = broker(&redis, 100);
     ready(&broker).await;
-    assert!(broker.claim_delivery("github", "d-1").await.unwrap());
-    assert!(!broker.claim_delivery("github", "d-1").await.unwrap(), "a redelivery is not claimed twice");
-    let ttl: i64 = redis.cli(&["TTL", "tidings:dedup:github:d-1"]).parse().unwrap();
-    assert!((86_000..=86_400).contains(&ttl), "remembered for 24 h, TTL {ttl}");
-    broker.release_delivery("github", "d-1").await.unwrap();
-    assert!(broker.claim_delivery("github", "d-1").await.unwrap(), "released after a failed publish");
+    // A key of the wrong type makes the write fail inside the script.
+    redis.cli(&["SET", "workspace:acme:events", "not a stream"]);
+    let failed = broker.publish_once(&claim("d-2"), vec![event("acme", 1), event("acme", 2)]).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(redis.cli(&["EXISTS", "tidings:dedup:github:d-2"]), "0", "no claim is kept for what was not published");
+    redis.cli(&["DEL", "workspace:acme:events"]);
+    assert!(matches!(
+        broker.publish_once(&claim("d-2"), vec![event("acme", 1), event("acme", 2)]).await.unwrap(),
+        PublishedOnce::Published(_)
+    ));
+    assert_eq!(broker.publish_once(&claim("d-2"), vec![event("acme", 1)]).await.unwrap(), PublishedOnce::Duplicate);
+    assert_eq!(redis.cli(&["XLEN", "workspace:acme:events"]), "2", "exactly once");
+    // A bad event anywhere in the delivery writes nothing at all.
+    let script = tidings_broker::redis::PUBLISH_SCRIPT;
+    let keys = ["workspace:acme:events", "workspace:acme:latest", "workspace:acme", "tidings:dedup:github:d-3"];
+    let err = redis.cli(&["EVAL", script, "4", keys[0], keys[1], keys[2], keys[3], r#"{"type":"t"}"#, "100", "", "0", "60", "[]", ""]);
+    assert!(err.contains("non-empty JSON object"), "{err}");
+    assert_eq!(redis.cli(&["EXISTS", "tidings:dedup:github:d-3"]), "0");
+    assert_eq!(redis.cli(&["XLEN", "workspace:acme:events"]), "2");
+}
 
+#[tokio::test]
+async fn revocations_and_entity_links_live_in_redis() {
+    let redis = TestRedis::start();
+    let (broker, seen) = broker(&redis, 100);
+    ready(&broker).await;
     broker.link_entity("github", "acme/checkout", Some("component:default/checkout")).await.unwrap();
     assert_eq!(broker.linked_entity("github", "acme/checkout").await.unwrap().as_deref(), Some("component:default/checkout"));
     assert_eq!(redis.cli(&["HGET", "tidings:entity-links:github", "acme/checkout"]), "component:default/checkout");
     broker.link_entity("github", "acme/checkout", None).await.unwrap();
     assert_eq!(broker.linked_entity("github", "acme/checkout").await.unwrap(), None);
 
-    redis.cli(&["SET", "tidings:revoked:j1", "1", "EX", "60"]);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    broker.revoke("j1", Some(exp)).await.unwrap();
     assert!(broker.is_revoked("j1").await.unwrap());
     assert!(!broker.is_revoked("j2").await.unwrap());
+    let ttl: i64 = redis.cli(&["TTL", "tidings:revoked:j1"]).parse().unwrap();
+    assert!((3500..=3600).contains(&ttl), "kept until the token's exp, TTL {ttl}");
+    wait_until("the revocation announced", || seen.revoked.lock().unwrap().as_slice() == ["j1"]).await;
+    broker.revoke("j3", None).await.unwrap();
+    assert_eq!(redis.cli(&["TTL", "tidings:revoked:j3"]), "-1", "without exp: kept until deleted");
 }
 
 #[tokio::test]

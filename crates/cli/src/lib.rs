@@ -1,9 +1,10 @@
 //! The `tidings` command: `dev` (gateway + publisher + host metrics in one
-//! process on the in-memory broker), `token` (mint a test token) and `publish`
-//! (one event from the shell).
+//! process on the in-memory broker), `token` (mint a test token), `publish`
+//! (one event from the shell) and `revoke` (a token id, on Redis).
 
 pub mod dev;
 pub mod publish;
+pub mod revoke;
 pub mod token;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Publish one durable event and print its id.
     Publish(publish::PublishArgs),
+    /// Revoke a token id on TIDINGS_REDIS_URL: refused everywhere, live connections closed 4003.
+    Revoke(revoke::RevokeArgs),
 }
 
 /// Runs a parsed command; errors print one line and exit 1 (2 for bad options).
@@ -34,6 +37,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Dev(args) => dev::main(*args),
         Command::Token(args) => token::main(args),
         Command::Publish(args) => publish::main(args),
+        Command::Revoke(args) => revoke::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

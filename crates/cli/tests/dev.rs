@@ -184,7 +184,7 @@ async fn tidings_publish_and_token_work_against_dev() {
 
 #[test]
 fn bad_options_exit_2_with_one_line_before_binding() {
-    let cases: [&[&str]; 7] = [
+    let cases: [&[&str]; 10] = [
         &["dev", "--routes-file", "/nonexistent/routes.toml", "--listen", "127.0.0.1:0"],
         &["dev", "--jwt-secret", "s", "--jwks-url", "https://idp.example/jwks", "--listen", "127.0.0.1:0"],
         &["dev", "--no-such-option"],
@@ -192,9 +192,17 @@ fn bad_options_exit_2_with_one_line_before_binding() {
         &["dev", "--listen", "not-an-address"],
         &["dev", "--metrics-workspace", "bad ws", "--listen", "127.0.0.1:0"],
         &["token", "--workspace", "w", "--ttl", "forever"],
+        &["revoke", "--jti", "has space", "--redis-url", "redis://127.0.0.1:1"],
+        &["revoke", "--jti", "j-1"],
+        &["revoke", "--jti", "j-1", "--exp", "soon", "--redis-url", "redis://127.0.0.1:1"],
     ];
     for args in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_tidings")).args(args).env_remove("TIDINGS_JWT_SECRET").output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(args)
+            .env_remove("TIDINGS_JWT_SECRET")
+            .env_remove("TIDINGS_REDIS_URL")
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line, got {stderr}");

@@ -236,12 +236,29 @@ async fn jwks_keys_rotate_without_restart_and_unknown_kids_cannot_hammer_the_pro
     assert_eq!(try_connect(&gw, &token_a).await.0, 401, "the removed key a no longer verifies");
 }
 
+/// Reads until the close frame and returns its code.
+async fn close_code(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn revoking_a_jti_closes_it_on_every_gateway_and_refuses_it_after() {
+    // Before: nothing in Tidings wrote the revocation keys; this test wrote them by hand.
     let redis = TestRedis::start();
     let secret = [("TIDINGS_JWT_SECRET", "revocation-secret".to_string())];
     let gw1 = gateway(&redis, &secret);
     let gw2 = gateway(&redis, &secret);
+    let publisher = ServerProcess::start(
+        "tidings-publisher",
+        &[("TIDINGS_REDIS_URL", redis.url()), ("TIDINGS_PUBLISH_TOKEN", "revoker".to_string()), ("RUST_LOG", "warn".to_string())],
+        None,
+    );
     let token = |jti: &str| {
         let mut c = claims();
         c.iss = None;
@@ -258,24 +275,55 @@ async fn revoking_a_jti_closes_it_on_every_gateway_and_refuses_it_after() {
             ws
         }
     };
-    let mut doomed1 = connect(&gw1, token("j-1")).await;
-    let mut doomed2 = connect(&gw2, token("j-1")).await;
     let mut other = connect(&gw1, token("j-2")).await;
 
-    redis.cli(&["SET", "tidings:revoked:j-1", "1", "EX", "600"]);
+    // 1. `tidings revoke` on the shared Redis.
+    let mut doomed = [connect(&gw1, token("j-1")).await, connect(&gw2, token("j-1")).await];
+    let exp = (unix_now() + 3600).to_string();
     let revoked_at = Instant::now();
-    redis.cli(&["PUBLISH", "tidings:revocations", "j-1"]);
-    for ws in [&mut doomed1, &mut doomed2] {
-        let code = loop {
-            match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
-                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        };
-        assert_eq!(code, Some(4003));
+    let out = Command::new(tidings_testkit::workspace_binary("tidings"))
+        .args(["revoke", "--jti", "j-1", "--exp", &exp])
+        .env("TIDINGS_REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tidings revoke: {}", String::from_utf8_lossy(&out.stderr));
+    for ws in &mut doomed {
+        assert_eq!(close_code(ws).await, Some(4003));
     }
-    assert!(revoked_at.elapsed() < Duration::from_secs(1), "closed within a second: {:?}", revoked_at.elapsed());
+    assert!(revoked_at.elapsed() < Duration::from_secs(5), "closed right away: {:?}", revoked_at.elapsed());
+    assert_eq!(try_connect(&gw2, &token("j-1")).await, (401, "token_revoked".to_string()));
+    let ttl: u64 = redis.cli(&["TTL", "tidings:revoked:j-1"]).parse().unwrap();
+    assert!((3500..=3600).contains(&ttl), "kept until the token's exp, TTL {ttl}");
+
+    // 2. The publisher's POST /v1/revocations, and what it refuses.
+    let mut doomed = [connect(&gw1, token("j-3")).await, connect(&gw2, token("j-3")).await];
+    let http = reqwest::Client::new();
+    let revoke = |bearer: &'static str, body: String| {
+        http.post(format!("{}/v1/revocations", publisher.base()))
+            .bearer_auth(bearer)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (bearer, body, status) in [
+        ("wrong", json!({"jti": "j-3"}).to_string(), 401),
+        ("revoker", "not json".to_string(), 400),
+        ("revoker", json!({"jti": ""}).to_string(), 400),
+        ("revoker", json!({"jti": "has space"}).to_string(), 400),
+        ("revoker", json!({"jti": "j-3", "exp": "soon"}).to_string(), 400),
+    ] {
+        let r = revoke(bearer, body.clone()).await.unwrap();
+        assert_eq!(r.status(), status, "{body}");
+        let error: Value = r.json().await.unwrap();
+        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    }
+    assert_eq!(redis.cli(&["EXISTS", "tidings:revoked:j-3"]), "0", "refused requests revoke nothing");
+    let r = revoke("revoker", json!({"jti": "j-3", "exp": unix_now() + 600}).to_string()).await.unwrap();
+    assert_eq!(r.status(), 202);
+    for ws in &mut doomed {
+        assert_eq!(close_code(ws).await, Some(4003));
+    }
+    assert_eq!(try_connect(&gw1, &token("j-3")).await, (401, "token_revoked".to_string()));
 
     other.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
     let pong = loop {
@@ -285,7 +333,6 @@ async fn revoking_a_jti_closes_it_on_every_gateway_and_refuses_it_after() {
         }
     };
     assert!(pong.contains("pong"), "another token's connection is untouched");
-    assert_eq!(try_connect(&gw2, &token("j-1")).await, (401, "token_revoked".to_string()));
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 pub mod host_metrics;
 pub mod metrics;
 pub mod publish;
+pub mod revoke;
 pub mod routes;
 pub mod webhooks;
 
@@ -149,6 +150,7 @@ pub fn api_router(publisher: Arc<Publisher>) -> Router {
     let limit = publisher.config.max_body_bytes;
     Router::new()
         .route("/v1/workspaces/{id}/events", post(publish::publish))
+        .route("/v1/revocations", post(revoke::revoke))
         .route("/webhooks/github", post(webhooks::http::github))
         .route("/webhooks/gitlab", post(webhooks::http::gitlab))
         .route("/webhooks/backstage", post(webhooks::http::backstage))

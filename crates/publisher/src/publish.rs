@@ -20,8 +20,12 @@ use crate::{MAX_EVENTS_PER_REQUEST, Publisher};
 pub enum PublishError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// An event of the body is not valid (`invalid_event`).
     #[error("{0}")]
     BadRequest(String),
+    /// The body is not what the endpoint takes (`bad_request`).
+    #[error("{0}")]
+    BadBody(String),
     #[error("broker unavailable: {message}")]
     Unavailable { message: String, published: Vec<String> },
 }
@@ -31,6 +35,7 @@ impl IntoResponse for PublishError {
         let (status, code) = match &self {
             PublishError::Unauthorized => (StatusCode::UNAUTHORIZED, error::UNAUTHORIZED),
             PublishError::BadRequest(_) => (StatusCode::BAD_REQUEST, error::INVALID_EVENT),
+            PublishError::BadBody(_) => (StatusCode::BAD_REQUEST, error::BAD_REQUEST),
             PublishError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE),
         };
         let mut body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
@@ -58,7 +63,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn authorized(publisher: &Publisher, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(publisher: &Publisher, headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
     let Some((scheme, token)) = value.split_once(' ') else { return false };
     scheme.eq_ignore_ascii_case("bearer") && constant_time_eq(token.trim().as_bytes(), publisher.config.publish_token.as_bytes())
@@ -114,7 +119,7 @@ pub async fn publish(
     let label = match &result {
         Ok(_) => "accepted",
         Err(PublishError::Unauthorized) => "unauthorized",
-        Err(PublishError::BadRequest(_)) => "invalid",
+        Err(PublishError::BadRequest(_) | PublishError::BadBody(_)) => "invalid",
         Err(PublishError::Unavailable { .. }) => "unavailable",
     };
     publisher.metrics.publish_requests.with_label_values(&[label]).inc();

@@ -339,8 +339,8 @@ async fn a_catalog_entity_claiming_the_repository_decides_the_entity_ref() {
     );
 }
 
-/// The in-memory broker whose next durable publishes fail, as when Redis drops
-/// between the delivery claim and the publish (hard to time on a real Redis).
+/// The in-memory broker whose next claimed publishes fail before storing
+/// anything, as when Redis is briefly unreachable.
 struct FailingPublishes {
     inner: MemoryBroker,
     failures_left: Mutex<u32>,
@@ -351,12 +351,26 @@ impl Broker for FailingPublishes {
         &self,
         event: tidings_protocol::Event,
     ) -> futures_util::future::BoxFuture<'_, Result<tidings_protocol::Event, tidings_broker::BrokerError>> {
+        self.inner.publish(event)
+    }
+    fn publish_once<'a>(
+        &'a self,
+        claim: &'a tidings_broker::DeliveryClaim,
+        events: Vec<tidings_protocol::Event>,
+    ) -> futures_util::future::BoxFuture<'a, Result<tidings_broker::PublishedOnce, tidings_broker::BrokerError>> {
         let mut left = self.failures_left.lock().unwrap();
         if *left > 0 {
             *left -= 1;
             return Box::pin(std::future::ready(Err(tidings_broker::BrokerError::Unavailable("connection reset".into()))));
         }
-        self.inner.publish(event)
+        self.inner.publish_once(claim, events)
+    }
+    fn revoke<'a>(
+        &'a self,
+        jti: &'a str,
+        exp: Option<u64>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
+        self.inner.revoke(jti, exp)
     }
     fn publish_live(&self, event: tidings_protocol::Event) -> futures_util::future::BoxFuture<'_, Result<(), tidings_broker::BrokerError>> {
         self.inner.publish_live(event)
@@ -387,20 +401,6 @@ impl Broker for FailingPublishes {
     fn is_revoked<'a>(&'a self, jti: &'a str) -> futures_util::future::BoxFuture<'a, Result<bool, tidings_broker::BrokerError>> {
         self.inner.is_revoked(jti)
     }
-    fn claim_delivery<'a>(
-        &'a self,
-        s: &'a str,
-        d: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<bool, tidings_broker::BrokerError>> {
-        self.inner.claim_delivery(s, d)
-    }
-    fn release_delivery<'a>(
-        &'a self,
-        s: &'a str,
-        d: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
-        self.inner.release_delivery(s, d)
-    }
     fn link_entity<'a>(
         &'a self,
         s: &'a str,
@@ -419,7 +419,7 @@ impl Broker for FailingPublishes {
 }
 
 #[tokio::test]
-async fn a_failed_publish_releases_the_delivery_so_the_retry_is_published() {
+async fn a_publish_that_fails_keeps_no_claim_so_the_retry_is_published_once() {
     let (secret, _) = deliveries();
     let broker = Arc::new(FailingPublishes { inner: MemoryBroker::new(100), failures_left: Mutex::new(1) });
     let seen = Arc::new(Seen::default());

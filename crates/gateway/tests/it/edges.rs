@@ -166,11 +166,15 @@ impl Broker for PanicsOnLatest {
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
         self.0.is_revoked(jti)
     }
-    fn claim_delivery<'a>(&'a self, s: &'a str, d: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
-        self.0.claim_delivery(s, d)
+    fn publish_once<'a>(
+        &'a self,
+        c: &'a tidings_broker::DeliveryClaim,
+        e: Vec<tidings_protocol::Event>,
+    ) -> BoxFuture<'a, Result<tidings_broker::PublishedOnce, BrokerError>> {
+        self.0.publish_once(c, e)
     }
-    fn release_delivery<'a>(&'a self, s: &'a str, d: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.0.release_delivery(s, d)
+    fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.0.revoke(jti, exp)
     }
     fn link_entity<'a>(&'a self, s: &'a str, k: &'a str, r: Option<&'a str>) -> BoxFuture<'a, Result<(), BrokerError>> {
         self.0.link_entity(s, k, r)

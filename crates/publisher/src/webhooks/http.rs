@@ -12,11 +12,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tidings_broker::{DeliveryClaim, PublishedOnce};
 use tidings_protocol::Event;
 use tidings_protocol::codes::error;
 
-use super::{Parsed, WebhookError, argocd, backstage, github, gitlab};
+use super::{Draft, Parsed, WebhookError, argocd, backstage, github, gitlab};
 use crate::Publisher;
+use crate::routes::Destination;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct WebhookQuery {
@@ -194,39 +196,44 @@ async fn handle(
     }
     // Sources without a delivery id are de-duplicated by the hash of the body.
     let delivery = delivery.unwrap_or_else(|| Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect());
-    match publisher.broker.claim_delivery(source, &delivery).await {
-        Ok(true) => {}
-        Ok(false) => return ("duplicate", (StatusCode::OK, Json(json!({ "duplicate": true }))).into_response()),
-        Err(e) => return ("unavailable", error_response(StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE, e.to_string())),
-    }
     let deleted = drafts.iter().any(|d| d.data["change_type"] == "deleted");
-    let mut ids = Vec::new();
-    for draft in drafts {
-        let mut event = Event::new(draft.event_type, destination.workspace_id.clone(), draft.data);
-        event.entity_ref = destination.entity_ref.clone();
-        event.timestamp = Some(tidings_protocol::timestamp::now_rfc3339());
-        if let Err(e) = event.validate() {
-            let _ = publisher.broker.release_delivery(source, &delivery).await;
-            return ("invalid", error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, e.to_string()));
-        }
-        let event_type = event.event_type.clone();
-        match publisher.broker.publish(event).await {
-            Ok(stored) => {
-                publisher.metrics.count_published(&event_type);
-                ids.push(stored.id.map(|i| i.to_string()).unwrap_or_default());
-            }
-            Err(e) => {
-                // Let the sender's retry publish it (events of one delivery are
-                // few; a retry may repeat the ones stored before the failure).
-                let _ = publisher.broker.release_delivery(source, &delivery).await;
-                return ("unavailable", error_response(StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE, e.to_string()));
-            }
-        }
+    let events = match routed_events(drafts, &destination) {
+        Ok(events) => events,
+        Err(e) => return ("invalid", error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, e.to_string())),
+    };
+    // Claim and publish are one step in Redis. On an error (even a timeout
+    // after the step took effect) nothing is released: the sender's retry is a
+    // duplicate if the events were stored and published if not — exactly once.
+    let claim = DeliveryClaim { source: source.to_string(), delivery };
+    let stored = match publisher.broker.publish_once(&claim, events).await {
+        Ok(PublishedOnce::Published(stored)) => stored,
+        Ok(PublishedOnce::Duplicate) => return ("duplicate", (StatusCode::OK, Json(json!({ "duplicate": true }))).into_response()),
+        Err(e) => return ("unavailable", error_response(StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE, e.to_string())),
+    };
+    let mut ids = Vec::with_capacity(stored.len());
+    for event in &stored {
+        publisher.metrics.count_published(&event.event_type);
+        ids.push(event.id.map(|i| i.to_string()).unwrap_or_default());
     }
     if source == "backstage" {
         learn_links(publisher, &subject, deleted).await;
     }
     ("published", (StatusCode::ACCEPTED, Json(json!({ "published": ids.len(), "ids": ids }))).into_response())
+}
+
+/// The drafts of one delivery as events of their destination, every one
+/// validated before any is published, so a 400 never follows a partial publish.
+fn routed_events(drafts: Vec<Draft>, destination: &Destination) -> Result<Vec<Event>, tidings_protocol::event::ValidationError> {
+    drafts
+        .into_iter()
+        .map(|draft| {
+            let mut event = Event::new(draft.event_type, destination.workspace_id.clone(), draft.data);
+            event.entity_ref = destination.entity_ref.clone();
+            event.timestamp = Some(tidings_protocol::timestamp::now_rfc3339());
+            event.validate()?;
+            Ok(event)
+        })
+        .collect()
 }
 
 /// Which catalog link a source's subject would use: GitHub repositories and
@@ -251,5 +258,20 @@ async fn learn_links(publisher: &Publisher, subject: &crate::routes::Subject, de
                 tracing::warn!(error = %e, "could not record the catalog link of {key}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_invalid_draft_refuses_the_whole_delivery() {
+        let destination = Destination { workspace_id: "acme".into(), entity_ref: None, explicit_entity_ref: false };
+        let good = Draft { event_type: "notification", data: json!({"title": "t", "message": "m", "level": "info"}) };
+        // A well-known type whose data does not fit its schema.
+        let bad = Draft { event_type: "deployment_update", data: json!({"deployment": "not an object"}) };
+        assert_eq!(routed_events(vec![good.clone()], &destination).map(|e| e.len()).ok(), Some(1));
+        assert!(routed_events(vec![good, bad], &destination).is_err(), "nothing of the delivery is published");
     }
 }
