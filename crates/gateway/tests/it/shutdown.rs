@@ -68,10 +68,10 @@ async fn a_peer_that_never_answers_is_dropped_after_two_heartbeats() {
 
 #[tokio::test]
 async fn a_drain_reaches_every_client_in_time_with_more_clients_than_milliseconds() {
-    // Before: one sleep per connection, at least a millisecond each, so 2,000
-    // connections took 2 s or more of a 0.5 s drain (and past drain + 5 s the
-    // rest were cut without 1012).
-    const CLIENTS: usize = 2000;
+    // Before: one sleep per connection, at least a millisecond each, so 3,000
+    // connections took 3 s or more of a 0.5 s drain (and past drain + 5 s the
+    // rest were cut without 1012). The bound leaves room for a loaded machine.
+    const CLIENTS: usize = 3000;
     let drain = std::time::Duration::from_millis(500);
     let mut gw = TestGateway::start_with(|c| {
         c.drain = drain;
@@ -88,10 +88,10 @@ async fn a_drain_reaches_every_client_in_time_with_more_clients_than_millisecond
     let started = tokio::time::Instant::now();
     gw.node.start_drain();
     // When the drain has told every connection (what it schedules), apart
-    // from how long the sockets then take to carry 2,000 close frames.
+    // from how long the sockets then take to carry 3,000 close frames.
     wait_until(|| conns.iter().all(|c| c.outbox.is_closing())).await;
     let took = started.elapsed();
-    assert!(took < drain * 2, "the last connection was closed {took:?} after the drain started (drain {drain:?})");
+    assert!(took < drain * 4, "the last connection was closed {took:?} after the drain started (drain {drain:?})");
     for reader in readers {
         assert_eq!(reader.await.unwrap(), Some(1012));
     }
