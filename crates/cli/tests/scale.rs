@@ -289,6 +289,23 @@ async fn a_redis_restart_without_its_data_tells_clients_they_cannot_recover() {
     let (mut ws, _) = tidings_testkit::retry("a reconnect", WAIT, || async { tokio_tungstenite::connect_async(&url).await.ok() }).await;
     let hello = next_json(&mut ws).await.unwrap();
     assert_eq!((hello["type"].as_str(), hello["recovered"].as_bool()), (Some("connected"), Some(false)), "{hello}");
+    // The same answer over polling and SSE.
+    let poll = reqwest::Client::new()
+        .get(format!("{}/v1/workspaces/acme/events?since={}", gw.base(), before[0]))
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.json::<Value>().await.unwrap()["recovered"], false);
+    let mut sse = reqwest::Client::new()
+        .get(format!("{}/v1/workspaces/acme/events/stream?since={}", gw.base(), before[0]))
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, sse.chunk()).await.unwrap().unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains("event: connected") && first.contains(r#""recovered":false"#), "{first}");
     let after = publish(&publisher, "acme", json!({"type": "after"})).await;
     let mut client = Client { ws, server: hello["server"].as_str().unwrap().to_string() };
     assert_eq!(read_events(&mut client, "acme", 1).await, after);
