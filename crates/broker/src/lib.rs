@@ -43,6 +43,11 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// from it after every reconnect, and checks it before unsubscribing.
     fn workspaces(&self) -> Vec<String>;
 
+    /// Does the workspace have local readers now? (One entry of [`Self::workspaces`].)
+    fn has_readers(&self, workspace_id: &str) -> bool {
+        self.workspaces().iter().any(|w| w == workspace_id)
+    }
+
     /// The broker lost its connection and is back (after re-subscribing and
     /// replaying what it missed).
     fn on_reconnect(&self) {}

@@ -152,7 +152,7 @@ impl Broker for MemoryBroker {
     }
 
     fn unsubscribe<'a>(&'a self, workspace_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let still_read = self.handler.get().is_some_and(|h| h.workspaces().iter().any(|w| w == workspace_id));
+        let still_read = self.handler.get().is_some_and(|h| h.has_readers(workspace_id));
         if !still_read {
             self.lock().subscribed.remove(workspace_id);
         }

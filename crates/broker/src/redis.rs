@@ -364,10 +364,13 @@ impl RedisBroker {
     /// problem: the connection is abandoned and the reconnect subscribes and
     /// replays from the recorded position.
     async fn add_subscription(&self, workspace_id: &str) -> Result<(), BrokerError> {
+        // Outside the lock, so a slow stream read delays this workspace only.
+        self.shared.ensure_position(workspace_id).await?;
         let mut state = self.shared.pubsub.lock().await;
         if state.subscribed.contains(workspace_id) {
             return Ok(());
         }
+        // Again under the lock: a no-op unless an unsubscribe just forgot it.
         self.shared.ensure_position(workspace_id).await?;
         let channel = self.keys(workspace_id).channel;
         let Some(sink) = state.sink.as_mut() else {
@@ -395,7 +398,7 @@ impl RedisBroker {
     /// (the handler is the truth; this is re-checked under the lock).
     async fn remove_subscription(&self, workspace_id: &str) -> Result<(), BrokerError> {
         let mut state = self.shared.pubsub.lock().await;
-        if self.shared.handler.workspaces().iter().any(|w| w == workspace_id) {
+        if self.shared.handler.has_readers(workspace_id) {
             return Ok(());
         }
         self.shared.positions.lock().unwrap_or_else(|p| p.into_inner()).remove(workspace_id);

@@ -158,6 +158,10 @@ impl MessageHandler for Hub {
         self.workspace_ids()
     }
 
+    fn has_readers(&self, workspace_id: &str) -> bool {
+        self.count(workspace_id) > 0
+    }
+
     fn on_reconnect(&self) {
         self.metrics.broker_reconnects.inc();
     }

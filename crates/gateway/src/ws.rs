@@ -657,6 +657,8 @@ async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batc
             }
         };
         let sent = tokio::select! {
+            // Biased: a send that completes at once never touches the outbox.
+            biased;
             sent = timeout(send_deadline, sink.send(message)) => matches!(sent, Ok(Ok(()))),
             // Closed (e.g. condemned 4009) while a send to a client that does
             // not read is stuck: give the frame up and send the close instead.
