@@ -61,6 +61,16 @@ pub trait MessageHandler: Send + Sync + 'static {
     fn on_revoked(&self, _jti: &str) {}
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn revocations_outlive_the_token_by_a_minute() {
+        assert_eq!(super::revocation_ttl(Some(1_000), 400), 660);
+        assert_eq!(super::revocation_ttl(Some(100), 400), 60, "already expired: a minute");
+        assert_eq!(super::revocation_ttl(None, 400), 30 * 24 * 3600);
+    }
+}
+
 /// The handler of a process that only publishes and subscribes to nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PublishOnly;
@@ -149,8 +159,8 @@ pub trait Broker: Send + Sync + 'static {
     /// never release a claim.
     fn publish_once<'a>(&'a self, claim: &'a DeliveryClaim, events: Vec<Event>) -> BoxFuture<'a, Result<PublishedOnce, BrokerError>>;
 
-    /// Revokes a token id (`SET tidings:revoked:<jti>` until `exp`, or for good
-    /// without one, then `PUBLISH tidings:revocations <jti>`): every gateway
+    /// Revokes a token id (`SET tidings:revoked:<jti>` for [`revocation_ttl`],
+    /// then `PUBLISH tidings:revocations <jti>`): every gateway
     /// refuses it from now on and closes its live connections with 4003.
     fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>>;
 
@@ -178,6 +188,17 @@ pub enum PublishedOnce {
     Published(Vec<Event>),
     /// The delivery was published before; nothing was written.
     Duplicate,
+}
+
+/// How long a revocation is kept: until the token's `exp` plus a minute (for
+/// gateways whose clocks run late), at least a minute when `exp` is past, and
+/// 30 days when the revoker does not know `exp`.
+pub fn revocation_ttl(exp: Option<u64>, now: u64) -> u64 {
+    const MARGIN: u64 = 60;
+    match exp {
+        Some(exp) => exp.saturating_sub(now).saturating_add(MARGIN),
+        None => 30 * 24 * 3600,
+    }
 }
 
 /// How long a webhook delivery id is remembered.

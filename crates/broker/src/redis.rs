@@ -324,14 +324,9 @@ impl RedisBroker {
     }
 
     async fn revoke_token(&self, jti: &str, exp: Option<u64>) -> Result<(), BrokerError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut set = redis::cmd("SET");
-        set.arg(tidings_protocol::keys::revoked(jti)).arg("1");
-        if let Some(exp) = exp {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            // Past its `exp` a token is refused anyway; keep the key a minute
-            // so a gateway with a late clock still sees it.
-            set.arg("EX").arg(exp.saturating_sub(now).max(60));
-        }
+        set.arg(tidings_protocol::keys::revoked(jti)).arg("1").arg("EX").arg(crate::revocation_ttl(exp, now));
         let _: String = self.shared.commands.query(&set).await?;
         // Plain PUBLISH also on a cluster: it reaches every node's subscribers.
         let _: i64 = self.shared.commands.query(redis::cmd("PUBLISH").arg(REVOCATIONS_CHANNEL).arg(jti)).await?;

@@ -10,8 +10,8 @@ pub struct RevokeArgs {
     /// The token's `jti`.
     #[arg(long)]
     pub jti: String,
-    /// The token's `exp` (Unix seconds): the revocation is kept until then.
-    /// Without it, it is kept until deleted (`DEL tidings:revoked:<jti>`).
+    /// The token's `exp` (Unix seconds): the revocation is kept until a minute
+    /// after it; without it, for 30 days.
     #[arg(long)]
     pub exp: Option<u64>,
     #[arg(long, env = "TIDINGS_REDIS_URL")]

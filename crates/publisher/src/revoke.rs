@@ -17,7 +17,8 @@ use crate::publish::{PublishError, authorized};
 #[serde(deny_unknown_fields)]
 struct Revocation {
     jti: String,
-    /// The token's `exp` (Unix seconds): the revocation is kept until then.
+    /// The token's `exp` (Unix seconds): the revocation is kept until a minute
+    /// after it (30 days without it).
     exp: Option<u64>,
 }
 
