@@ -323,7 +323,11 @@ impl ServerProcess {
     /// Starts `binary` with `TIDINGS_LISTEN` on a free port plus `env`, and
     /// waits until `/readyz` answers 200. `log` receives stderr when given.
     pub fn start(binary: &str, env: &[(&str, String)], log: Option<&Path>) -> Self {
-        let port = free_port();
+        Self::start_on(binary, free_port(), env, log)
+    }
+
+    /// The same on a given port (e.g. to restart a killed server where its clients look).
+    pub fn start_on(binary: &str, port: u16, env: &[(&str, String)], log: Option<&Path>) -> Self {
         let mut cmd = Command::new(workspace_binary(binary));
         cmd.env("TIDINGS_LISTEN", format!("127.0.0.1:{port}")).env_remove("TIDINGS_JWT_SECRET").stdout(Stdio::null());
         match log {
