@@ -424,7 +424,7 @@ async fn a_subscribe_that_fails_leaves_nothing_half_done() {
     ready(&broker).await;
     let old: Vec<String> = append_unannounced(&redis, "w", 50, None);
     seen.reading.lock().unwrap().push("w".into());
-    redis.cli(&["CLIENT", "PAUSE", "3500", "ALL"]);
+    redis.cli(&["CLIENT", "PAUSE", "5000", "ALL"]);
     let first = broker.subscribe("w").await;
     assert!(first.is_err(), "Redis did not answer within the command timeout: {first:?}");
     tidings_testkit::retry("a subscribe once Redis answers", WAIT, || async { broker.subscribe("w").await.ok() }).await;
