@@ -258,11 +258,7 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let conns = node.hub.all();
-            // Spread over the first 80% of the period, so the last close
-            // handshakes finish within it too.
-            let spread = node.config.drain.mul_f64(0.8);
-            let ticks = (spread.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
-            let per_tick = conns.len().div_ceil(ticks).max(1);
+            let per_tick = drain_schedule(conns.len(), node.config.drain);
             let mut tick = tokio::time::interval(DRAIN_TICK);
             for batch in conns.chunks(per_tick) {
                 tick.tick().await;
@@ -276,3 +272,34 @@ impl Node {
 
 /// How often the drain closes its next batch of connections.
 const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Connections to close per [`DRAIN_TICK`] so that `connections` are spread
+/// over the first 80% of `drain` (the last close handshakes finish within it).
+fn drain_schedule(connections: usize, drain: std::time::Duration) -> usize {
+    let spread = drain.mul_f64(0.8);
+    let ticks = (spread.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
+    connections.div_ceil(ticks).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{DRAIN_TICK, drain_schedule};
+
+    #[test]
+    fn the_drain_reaches_every_connection_within_80_percent_of_the_period() {
+        for (connections, drain) in [(100_000, 30_000), (3_000, 500), (5, 30_000), (1, 0), (50_000, 0)] {
+            let per_tick = drain_schedule(connections, Duration::from_millis(drain));
+            let ticks = connections.div_ceil(per_tick);
+            // The first batch goes at once, the last one (ticks - 1) ticks later.
+            let last = DRAIN_TICK * (ticks as u32 - 1);
+            assert!(
+                last <= Duration::from_millis(drain * 8 / 10).max(Duration::ZERO),
+                "{connections} over {drain} ms: last batch at {last:?}"
+            );
+            assert!(per_tick * ticks >= connections);
+        }
+        assert_eq!(drain_schedule(100_000, Duration::from_secs(30)), 42, "2,400 ticks of 42 connections");
+    }
+}

@@ -70,7 +70,9 @@ async fn a_peer_that_never_answers_is_dropped_after_two_heartbeats() {
 async fn a_drain_reaches_every_client_in_time_with_more_clients_than_milliseconds() {
     // Before: one sleep per connection, at least a millisecond each, so 3,000
     // connections took 3 s or more of a 0.5 s drain (and past drain + 5 s the
-    // rest were cut without 1012). The bound leaves room for a loaded machine.
+    // rest were cut without 1012). The bound is that floor, not the drain: a
+    // loaded machine delays the drain's timer too (the exact spread is the
+    // unit test of `drain_schedule`).
     const CLIENTS: usize = 3000;
     let drain = std::time::Duration::from_millis(500);
     let mut gw = TestGateway::start_with(|c| {
@@ -91,7 +93,8 @@ async fn a_drain_reaches_every_client_in_time_with_more_clients_than_millisecond
     // from how long the sockets then take to carry 3,000 close frames.
     wait_until(|| conns.iter().all(|c| c.outbox.is_closing())).await;
     let took = started.elapsed();
-    assert!(took < drain * 4, "the last connection was closed {took:?} after the drain started (drain {drain:?})");
+    let floor_before = std::time::Duration::from_millis(CLIENTS as u64);
+    assert!(took < floor_before, "the last connection was closed {took:?} after the drain started (drain {drain:?})");
     for reader in readers {
         assert_eq!(reader.await.unwrap(), Some(1012));
     }
