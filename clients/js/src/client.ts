@@ -289,6 +289,7 @@ export class TidingsClient {
     this.transportFailures = 0;
     if (hello.recovered === false) this.options.onReload?.();
     this.setState({ status: "connected", transport, attempt: 0 });
+    if (transport !== "polling") this.options.onMessage?.(hello);
     if (transport === "websocket") {
       this.flushQueue();
       this.schedulePing();

@@ -261,3 +261,13 @@ test("SSE blocks are parsed with comments skipped and data lines joined", () => 
   assert.deepEqual(parseSseBlock("event: t\nid: 1-0\ndata: a\ndata: b"), { event: "t", data: "a\nb" });
   assert.deepEqual(parseSseBlock(": keep-alive"), { event: "message", data: undefined });
 });
+
+test("the connected message reaches onMessage, so a page can show which server it is on", async () => {
+  const messages = [];
+  const t = client({ onMessage: (m) => messages.push(m) });
+  t.tc.start();
+  await settle();
+  t.made[0].accept({ server: "gw-7" });
+  t.made[0].push({ type: "pong", id: 1, timestamp: "" });
+  assert.deepEqual(messages.map((m) => [m.type, m.server]), [["connected", "gw-7"], ["pong", undefined]]);
+});

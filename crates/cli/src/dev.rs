@@ -1,5 +1,5 @@
 //! `tidings dev`: the whole system in one process on the in-memory broker, with
-//! a demo dashboard at `/`. Gateway and publisher endpoints share one listener.
+//! the live dashboard at `/`. Gateway and publisher endpoints share one listener.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::response::Html;
-use axum::routing::get;
 use tidings_broker::{Broker, MemoryBroker, MessageHandler};
 use tidings_gateway::config::GatewayArgs;
 use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
@@ -98,7 +96,8 @@ pub async fn run(
     args.validate()?;
     let jwt_keys = args.gateway.key_source(Some(random_secret())).map_err(crate::UsageError)?;
     let publish_token = args.publish_token.clone().unwrap_or_else(random_secret);
-    let config = args.gateway.to_config(jwt_keys.clone(), args.instance_id.clone());
+    let mut config = args.gateway.to_config(jwt_keys.clone(), args.instance_id.clone());
+    config.dashboard = args.gateway.dashboard.unwrap_or(true);
 
     let registry = prometheus::Registry::new();
     let gateway_metrics = GatewayMetrics::register(&registry)?;
@@ -115,9 +114,7 @@ pub async fn run(
         node.broker.clone(),
         publisher_metrics,
     );
-    let app = server::router(node.clone(), registry)
-        .merge(tidings_publisher::api_router(publisher))
-        .route("/", get(|| async { Html(include_str!("dashboard.html")) }));
+    let app = server::router(node.clone(), registry).merge(tidings_publisher::api_router(publisher));
 
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };

@@ -182,9 +182,23 @@ async fn tidings_publish_and_token_work_against_dev() {
     assert!(body["events"].as_array().unwrap().iter().any(|e| e["id"] == id.as_str() && e["data"]["deployment"]["status"] == "success"));
 }
 
+#[tokio::test]
+async fn the_dashboard_is_on_in_dev_and_can_be_turned_off() {
+    let on = start_dev(&[]);
+    let page = reqwest::get(format!("{}/", on.base)).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("assets/dashboard/app.js"));
+    let off = start_dev(&["--dashboard", "false"]);
+    assert_eq!(reqwest::get(format!("{}/", off.base)).await.unwrap().status(), 404);
+    // The rest of dev is unchanged without the page.
+    let r = reqwest::Client::new().get(format!("{}/v1/workspaces/dev/events", off.base)).bearer_auth(&off.token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[test]
 fn bad_options_exit_2_with_one_line_before_binding() {
-    let cases: [&[&str]; 10] = [
+    let cases: [&[&str]; 11] = [
+        &["dev", "--dashboard", "maybe", "--listen", "127.0.0.1:0"],
         &["dev", "--routes-file", "/nonexistent/routes.toml", "--listen", "127.0.0.1:0"],
         &["dev", "--jwt-secret", "s", "--jwks-url", "https://idp.example/jwks", "--listen", "127.0.0.1:0"],
         &["dev", "--no-such-option"],

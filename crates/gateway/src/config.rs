@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     pub unsubscribe_delay: Duration,
     /// How long the first-message `auth` may take.
     pub auth_timeout: Duration,
+    /// Serve the live dashboard page at `/`.
+    pub dashboard: bool,
 }
 
 /// Default `TIDINGS_CLIENT_QUEUE_BYTES`: 4 MiB holds a 1,000-event `history`
@@ -60,6 +62,7 @@ impl GatewayConfig {
             client_queue_bytes: DEFAULT_CLIENT_QUEUE_BYTES,
             unsubscribe_delay: Duration::from_secs(2),
             auth_timeout: Duration::from_secs(5),
+            dashboard: false,
         }
     }
 }
@@ -129,6 +132,9 @@ pub struct GatewayArgs {
     /// before conflation, drops and finally close 4009.
     #[arg(long, env = "TIDINGS_CLIENT_QUEUE_BYTES", default_value_t = DEFAULT_CLIENT_QUEUE_BYTES as u64, value_parser = clap::value_parser!(u64).range(4096..=1_073_741_824))]
     pub client_queue_bytes: u64,
+    /// Serve the live dashboard page at `/` (`tidings-gateway`: off; `tidings dev`: on).
+    #[arg(long, env = "TIDINGS_DASHBOARD", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub dashboard: Option<bool>,
 }
 
 impl GatewayArgs {
@@ -171,6 +177,7 @@ impl GatewayArgs {
             heartbeat: Duration::from_secs(self.heartbeat_secs),
             drain: Duration::from_secs(self.drain_secs),
             client_queue_bytes: self.client_queue_bytes as usize,
+            dashboard: self.dashboard.unwrap_or(false),
             ..GatewayConfig::new(String::new())
         }
     }

@@ -9,6 +9,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod deadline;
 pub mod error;
 pub mod http;

@@ -40,9 +40,11 @@ pub fn router(node: Arc<Node>, registry: Registry) -> Router {
         .with_state(node.clone())
         .merge(Router::new().route("/metrics", get(admin::metrics)).with_state(registry))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
+    let dashboard = node.config.dashboard;
     let streams = Router::new().route("/ws", get(ws::upgrade)).route("/v1/workspaces/{id}/events/stream", get(http::sse)).with_state(node);
-    plain
-        .merge(streams)
+    let router = plain.merge(streams);
+    let router = if dashboard { router.merge(crate::dashboard::router()) } else { router };
+    router
         .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
         .fallback(not_found)
         .layer(axum::middleware::map_response(tidings_process::json_errors))

@@ -7,6 +7,7 @@
 mod support;
 
 mod connect;
+mod dashboard;
 mod delivery;
 mod edges;
 mod garbage;
