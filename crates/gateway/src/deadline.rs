@@ -39,6 +39,11 @@ impl axum::serve::Listener for DeadlineListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // The writer coalesces what is queued itself; Nagle would only add
+        // latency on top (up to a round trip for the last frame of a burst).
+        if let Err(e) = io.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         (DeadlineIo::new(io, self.deadline), addr)
     }
 

@@ -391,7 +391,8 @@ impl Outbox {
         }
     }
 
-    fn try_pop(&self) -> Option<Outgoing> {
+    /// The next item if one is ready now (the writer drains a backlog with it).
+    pub fn try_pop(&self) -> Option<Outgoing> {
         let mut inner = self.lock();
         if let Some((code, reason)) = inner.closing {
             return Some(Outgoing::Close(code, reason));

@@ -84,7 +84,9 @@ pub async fn upgrade(
             };
             let limit = node.config.max_message_bytes;
             ws.read_buffer_size(4 * 1024)
-                .write_buffer_size(0)
+                // Frames gather here until the writer's one flush per wake-up
+                // (or this much is waiting), so a backlog is one write(2).
+                .write_buffer_size(WRITE_COALESCE_BYTES)
                 .max_write_buffer_size(64 * 1024 * 1024)
                 .max_message_size(limit)
                 .max_frame_size(limit)
@@ -614,69 +616,106 @@ impl Session {
     }
 }
 
+/// Most frames written per wake-up before one flush: enough to turn a backlog
+/// into one `write(2)`, few enough that a reply is never held back long.
+const MAX_COALESCE: usize = 256;
+/// Bytes of frames gathered before they are written even without a flush.
+const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+
+/// The connection's writer: pops what is queued, encodes nothing (event frames
+/// are shared, encoded once in the hub), and writes everything already waiting
+/// with one flush, so a backlog costs one syscall per wake-up instead of one per
+/// event. Stalled writes are ended by the socket's write deadline
+/// ([`crate::deadline`]), so no timer is armed per send.
 async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batch: bool, done: CancellationToken) {
     let heartbeat = node.config.heartbeat;
-    let send_deadline = heartbeat * 2;
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    let transport = conn.transport.label();
-    let mut batch_events = Vec::new();
+    // Resolved once: a label lookup per delivery is a hash and a lock.
+    let delivered = node.metrics.messages_delivered.with_label_values(&[conn.transport.label()]);
+    let mut frames: Vec<Message> = Vec::new();
+    let mut events: Vec<Arc<PreparedEvent>> = Vec::new();
     loop {
-        let item = tokio::select! {
+        frames.clear();
+        events.clear();
+        let first = tokio::select! {
             _ = done.cancelled() => break,
-            _ = ping.tick() => {
-                if !matches!(timeout(send_deadline, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) { break; }
-                continue;
-            }
-            item = conn.outbox.pop() => item,
+            _ = ping.tick() => None,
+            item = conn.outbox.pop() => Some(item),
         };
-        let (message, delivered) = match item {
-            Outgoing::Event(event) if batch => {
-                batch_events.clear();
-                batch_events.push(event);
-                conn.outbox.pop_more_events(MAX_BATCH, &mut batch_events);
-                let text = encode_batch(batch_events.iter().map(|e| e.text.as_str()));
-                (Message::Text(text.into()), batch_events.len())
-            }
-            Outgoing::Event(event) => {
-                batch_events.clear();
-                let text = event.text.clone();
-                batch_events.push(event);
-                (Message::Text(text), 1)
-            }
-            Outgoing::Control(text) => (Message::Text(text), 0),
-            Outgoing::Lagged(dropped) => (Message::Text(ServerMessage::Lagged { dropped }.to_json().into()), 0),
-            Outgoing::Close(code, reason) => {
-                node.metrics.connections_closed.with_label_values(&[&code.to_string()]).inc();
-                let dropped = conn.outbox.dropped_pending();
-                if code == close::TOO_SLOW && dropped > 0 {
-                    // What it lost, for a client that reads again before the close.
-                    let _ = timeout(CLOSE_GRACE, sink.send(Message::Text(ServerMessage::Lagged { dropped }.to_json().into()))).await;
+        let mut close = None;
+        match first {
+            None => frames.push(Message::Ping(Default::default())),
+            Some(item) => close = collect(item, batch, &conn, &mut frames, &mut events),
+        }
+        while close.is_none() && frames.len() < MAX_COALESCE {
+            let Some(item) = conn.outbox.try_pop() else { break };
+            close = collect(item, batch, &conn, &mut frames, &mut events);
+        }
+        if !frames.is_empty() {
+            let write = async {
+                for frame in frames.drain(..) {
+                    sink.feed(frame).await?;
                 }
-                send_close(&mut sink, code, reason).await;
+                sink.flush().await
+            };
+            let written = tokio::select! {
+                // Biased: a write that completes at once never touches the outbox.
+                biased;
+                written = write => written.is_ok(),
+                // Closed (e.g. condemned 4009) while the write to a client that
+                // does not read is stuck: give the frames up, send the close.
+                () = conn.outbox.closed() => continue,
+            };
+            if !written {
                 break;
             }
-        };
-        let sent = tokio::select! {
-            // Biased: a send that completes at once never touches the outbox.
-            biased;
-            sent = timeout(send_deadline, sink.send(message)) => matches!(sent, Ok(Ok(()))),
-            // Closed (e.g. condemned 4009) while a send to a client that does
-            // not read is stuck: give the frame up and send the close instead.
-            () = conn.outbox.closed() => continue,
-        };
-        if !sent {
-            break;
-        }
-        if delivered > 0 {
-            node.metrics.messages_delivered.with_label_values(&[transport]).inc_by(delivered as u64);
-            for event in &batch_events {
-                if let Some(seconds) = event.published_at.and_then(latency_since) {
-                    node.metrics.delivery_latency.observe(seconds);
+            if !events.is_empty() {
+                delivered.inc_by(events.len() as u64);
+                for event in &events {
+                    if let Some(seconds) = event.published_at.and_then(latency_since) {
+                        node.metrics.delivery_latency.observe(seconds);
+                    }
                 }
             }
+        }
+        if let Some((code, reason)) = close {
+            node.metrics.connections_closed.with_label_values(&[&code.to_string()]).inc();
+            let dropped = conn.outbox.dropped_pending();
+            if code == close::TOO_SLOW && dropped > 0 {
+                // What it lost, for a client that reads again before the close.
+                let _ = timeout(CLOSE_GRACE, sink.send(Message::Text(ServerMessage::Lagged { dropped }.to_json().into()))).await;
+            }
+            send_close(&mut sink, code, reason).await;
+            break;
         }
     }
     done.cancel();
     // Nothing sends any more: wake a replay waiting for room, and refuse pushes.
     conn.outbox.close(close::NORMAL, "");
+}
+
+/// Turns one queued item into frames; `Some` for a close, which ends the round.
+fn collect(
+    item: Outgoing,
+    batch: bool,
+    conn: &Connection,
+    frames: &mut Vec<Message>,
+    events: &mut Vec<Arc<PreparedEvent>>,
+) -> Option<(u16, &'static str)> {
+    match item {
+        Outgoing::Event(event) if batch => {
+            let first = events.len();
+            events.push(event);
+            conn.outbox.pop_more_events(MAX_BATCH, events);
+            frames.push(Message::Text(encode_batch(events[first..].iter().map(|e| e.text.as_str())).into()));
+        }
+        Outgoing::Event(event) => {
+            frames.push(Message::Text(event.text.clone()));
+            events.push(event);
+        }
+        Outgoing::Control(text) => frames.push(Message::Text(text)),
+        Outgoing::Lagged(dropped) => frames.push(Message::Text(ServerMessage::Lagged { dropped }.to_json().into())),
+        Outgoing::Close(code, reason) => return Some((code, reason)),
+    }
+    None
 }
