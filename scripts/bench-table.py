@@ -39,9 +39,31 @@ def main(path, against=None):
             f"{r['scenario']:32} {r['conns']:>6} {r['events']:>6} {r['rate']:>5} {r['delivered']:>10} {r['lost']:>6} {r['out_of_order']:>4} "
             f"{r['server_cpu_s']:>7.2f} {r['cpu_us_per_delivery'] or 0:>10.3f} {lat.get('p50', 0):>8.1f} {lat.get('p99', 0):>8.1f} {frac:>10}"
         )
+    if against:
+        by = {r["scenario"]: r for r in fan}
+        peers = sorted({r["scenario"].rsplit("-", 1)[0] for r in fan} - {against, "ceiling", "ceiling-coalesce"})
+        print(f"\n{against} / peer (lower is better for {against}; 0.5 = half the peer's cost):")
+        for peer in peers:
+            cells = []
+            for s in ("burst", "steady"):
+                a, b = by.get(f"{against}-{s}"), by.get(f"{peer}-{s}")
+                if not (a and b and a.get("cpu_us_per_delivery") and b.get("cpu_us_per_delivery")):
+                    continue
+                cells.append(f"{s}: CPU/delivery {a['cpu_us_per_delivery'] / b['cpu_us_per_delivery']:.2f}")
+                la, lb = (a.get("latency_ms") or {}).get("p99"), (b.get("latency_ms") or {}).get("p99")
+                if la and lb:
+                    cells.append(f"{s} p99 {la / lb:.2f}")
+                if b["lost"]:
+                    cells.append(f"{peer} lost {b['lost']} in {s}")
+            idle = {r.get("server"): r for r in rows if r["scenario"] == "idle"}
+            if against in idle and peer in idle and idle[peer]["kib_per_conn"] > 0:
+                cells.append(f"idle KiB/conn {idle[against]['kib_per_conn'] / idle[peer]['kib_per_conn']:.2f}")
+            print(f"  vs {peer:20} " + ", ".join(cells))
+    print()
     for r in rows:
         if r["scenario"] == "idle":
-            print(f"\nidle: {r['kib_per_conn']} KiB RSS per idle connection ({r['from']} -> {r['to']} connections, {r['rss_from_mib']} -> {r['rss_to_mib']} MiB){' ' + r.get('server', '') if r.get('server') else ''}")
+            who = f"{r['server']}: " if r.get("server") else ""
+            print(f"idle: {who}{r['kib_per_conn']} KiB RSS per idle connection ({r['from']} -> {r['to']} connections, {r['rss_from_mib']} -> {r['rss_to_mib']} MiB)")
         if r["scenario"] == "connect":
             print(f"connect: {r['connects_per_s']:.0f} authenticated connections/s ({r['conns']} in {r['seconds']} s, {r['server_cpu_us_per_connect']} server CPU-us each)")
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::connections::{self, workspace_name};
 use crate::events::{event_json, first_timestamp_micros, now_micros, seqs};
 use crate::report::percentiles;
-use crate::server_stats::{cpu_seconds, write_syscalls};
+use crate::server_stats::cpu_seconds;
 use crate::target::TargetArgs;
 use crate::wire::Frame;
 
@@ -125,7 +125,6 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
 
     let pids = &args.target.server_pid;
     let cpu_before = cpu_seconds(pids);
-    let writes_before = write_syscalls(pids);
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let mut published = 0u64;
@@ -165,7 +164,6 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cpu = cpu_seconds(pids) - cpu_before;
-    let writes = write_syscalls(pids) - writes_before;
     let t = tally.borrow();
     let span = t.last_receipt.map(|l| l.duration_since(started)).unwrap_or(publish_time);
     let deliveries = t.received;
@@ -187,7 +185,6 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         "deliveries_per_s": (deliveries as f64 / span.as_secs_f64().max(1e-9)).round(),
         "server_cpu_s": round(cpu),
         "cpu_us_per_delivery": if deliveries > 0 && !pids.is_empty() { json!(round(cpu * 1e6 / deliveries as f64)) } else { Value::Null },
-        "deliveries_per_write": if writes > 0 { json!(round(deliveries as f64 / writes as f64)) } else { Value::Null },
         "latency_ms": t.latency.as_ref().map(percentiles).unwrap_or(Value::Null),
     }))
 }

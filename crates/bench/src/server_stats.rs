@@ -6,20 +6,6 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|pid| process_cpu(*pid)).sum()
 }
 
-/// Write-type syscalls (`write`, `writev`, `sendto`, …) `pids` made so far:
-/// with deliveries, how well a server coalesces (`syscw` of `/proc/<pid>/io`).
-pub fn write_syscalls(pids: &[u32]) -> u64 {
-    // Per thread: the process file misses live threads' counts.
-    let read = |path: std::path::PathBuf| -> Option<u64> {
-        let io = std::fs::read_to_string(path).ok()?;
-        io.lines().find_map(|l| l.strip_prefix("syscw:"))?.trim().parse().ok()
-    };
-    pids.iter()
-        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
-        .flat_map(|tasks| tasks.flatten().filter_map(|t| read(t.path().join("io"))).collect::<Vec<_>>())
-        .sum()
-}
-
 /// Resident set of `pids` now, in bytes.
 pub fn rss_bytes(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|pid| process_rss(*pid)).sum()

@@ -148,7 +148,7 @@ pub fn main(args: DevArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tidings_process::listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         run(args, listener, shutdown_signal(), |info| {
             // A closed stdout (piped into `head`, say) must not stop the server.
             use std::io::Write;

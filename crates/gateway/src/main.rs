@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 as Arc<dyn Broker>)
         })?;
         node.verifier.warm_up().await;
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let listener = tidings_process::listen(listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, server = %node.config.instance_id, "gateway listening");
         server::serve(listener, server::router(node.clone(), registry), node, shutdown_signal()).await?;
         Ok(())

@@ -83,7 +83,7 @@ pub async fn upgrade(
                 Err(e) => return ApiError::bad_request(format!("not a WebSocket upgrade: {e}")).into_response(),
             };
             let limit = node.config.max_message_bytes;
-            ws.read_buffer_size(4 * 1024)
+            ws.read_buffer_size(1024)
                 // Frames gather here until the writer's one flush per wake-up
                 // (or this much is waiting), so a backlog is one write(2).
                 .write_buffer_size(WRITE_COALESCE_BYTES)

@@ -75,3 +75,16 @@ pub async fn json_errors(response: axum::response::Response) -> axum::response::
     }
     json
 }
+
+/// Accept queue of the listening sockets: a reconnect storm (a drained
+/// gateway's clients arriving at once) must queue, not have its SYNs dropped
+/// into a 1 s retransmit; the kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] (tokio's `bind` uses 1024).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}

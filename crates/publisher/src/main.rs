@@ -94,8 +94,7 @@ fn main() -> ExitCode {
             let interval = Duration::from_millis(args.metrics_interval_ms);
             tokio::spawn(tidings_publisher::host_metrics::run(broker.clone(), workspace, interval, stop.clone()));
         }
-        let listener =
-            tokio::net::TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let listener = tidings_process::listen(args.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         tracing::info!(addr = %listener.local_addr()?, "publisher listening");
         axum::serve(listener, tidings_publisher::router(publisher, registry)).with_graceful_shutdown(shutdown_signal()).await?;
         stop.cancel();
