@@ -17,7 +17,10 @@ def main(path, against=None):
     fan = [r for r in rows if "cpu_us_per_delivery" in r]
 
     def shape(label):
-        return "burst" if "burst" in label else "steady" if "steady" in label else ""
+        for s in ("burst", "steady", "wide"):
+            if s in label:
+                return s
+        return ""
 
     ceiling = {}
     for r in fan:

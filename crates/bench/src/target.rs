@@ -56,15 +56,18 @@ impl TargetArgs {
     }
 }
 
-/// Connection `n`'s source address: 127.0.0.1 for the first 50,000, then
-/// 127.0.0.2 and so on, since one source address has ~64k ephemeral ports.
+/// Connection `n`'s source address: chosen by the kernel (127.0.0.1) for the
+/// first 12,000, then 127.0.0.2, 127.0.0.3, … per 12,000. `connect()` takes
+/// its ports from half of the ephemeral range first (about 14,000 here) and
+/// gets slow past it, and a socket bound to 127.0.0.1:0 before `connect()`
+/// may pick a port still in TIME_WAIT from an earlier run and stall.
 pub fn source_for(n: usize, target: &SocketAddr) -> Option<IpAddr> {
     if !target.ip().is_loopback() || !target.is_ipv4() {
         return None;
     }
-    // Below 50,000 the kernel picks the source: a socket bound to port 0 before
-    // connect() gets its port without regard to the destination, which after a
-    // previous run (ports in TIME_WAIT) makes connects stall for seconds.
-    let block = (n / 50_000) as u8;
-    (block > 0).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + block)))
+    let block = n / PER_SOURCE;
+    (block > 0).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, (block / 250) as u8, 1 + (block % 250) as u8)))
 }
+
+/// Connections per source address.
+const PER_SOURCE: usize = 12_000;
