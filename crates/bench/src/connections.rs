@@ -28,12 +28,25 @@ pub async fn open(target: &TargetArgs, n: usize, workspaces: usize, first_index:
         let endpoints = endpoints.clone();
         let gate = gate.clone();
         let extra = target.extra_query.clone();
+        let socketio = target.dialect == "socketio";
         tasks.push(tokio::task::spawn_local(async move {
             let _permit = gate.acquire().await?;
             let endpoint = &endpoints[i % endpoints.len()];
-            let path = format!("/ws?token={token}&workspace_id={}{extra}", workspace_name(workspace));
+            let query = format!("token={token}&workspace_id={}{extra}", workspace_name(workspace));
+            let path = if socketio { format!("/socket.io/?EIO=4&transport=websocket&{query}") } else { format!("/ws?{query}") };
             let mut socket = wire::connect(endpoint.addr, &endpoint.host, &path, source_for(i, &endpoint.addr)).await?;
-            let first = socket.first_text().await?;
+            let mut first = socket.first_text().await?;
+            if socketio {
+                // Engine.IO open packet, then the namespace connect and its ack, then our `connected` event.
+                anyhow::ensure!(first.starts_with(b"0"), "not an Engine.IO open packet: {}", String::from_utf8_lossy(&first));
+                socket.send_text(b"40").await?;
+                loop {
+                    first = socket.first_text().await?;
+                    if !first.starts_with(b"40") {
+                        break;
+                    }
+                }
+            }
             anyhow::ensure!(
                 first.windows(11).any(|w| w == b"\"connected\""),
                 "first message is not connected: {}",

@@ -21,6 +21,10 @@ pub struct TargetArgs {
     /// Connections opened at the same time while connecting.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// How the server speaks: `tidings` (also the plain-WebSocket peers) or
+    /// `socketio` (Engine.IO 4 framing: open packet, `40` connect, `42[…]` events).
+    #[arg(long, default_value = "tidings", value_parser = ["tidings", "socketio"])]
+    pub dialect: String,
     /// Appended to every upgrade's query (`&batch=1`).
     #[arg(skip)]
     pub extra_query: String,

@@ -3,23 +3,14 @@
 // workspace (HS256 JWT in ?token=, checked with node:crypto), one Redis
 // channel per workspace subscribed while it has readers, every message
 // forwarded to the local sockets of that workspace.
-import { createHmac, timingSafeEqual } from "node:crypto";
 import { createServer } from "node:http";
+import { verify as verifyToken } from "./hs256.mjs";
 import Redis from "ioredis";
 import { WebSocketServer } from "ws";
 
 const port = Number(process.env.PORT ?? 8201);
 const secret = process.env.TIDINGS_JWT_SECRET ?? "bench-secret";
 
-function verify(token) {
-  const [h, p, s] = (token ?? "").split(".");
-  if (!s) return null;
-  const expected = createHmac("sha256", secret).update(`${h}.${p}`).digest();
-  const given = Buffer.from(s, "base64url");
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
-  const claims = JSON.parse(Buffer.from(p, "base64url").toString());
-  return claims.exp * 1000 > Date.now() ? claims : null;
-}
 
 const rooms = new Map(); // workspace -> Set<WebSocket>
 const subscriber = new Redis(process.env.REDIS_URL ?? "redis://127.0.0.1:6379");
@@ -34,7 +25,7 @@ const server = createServer((_, res) => res.writeHead(404).end());
 const wss = new WebSocketServer({ noServer: true });
 server.on("upgrade", (req, socket, head) => {
   const url = new URL(req.url, "http://x");
-  const claims = verify(url.searchParams.get("token"));
+  const claims = verifyToken(url.searchParams.get("token"), secret);
   const workspace = url.searchParams.get("workspace_id") ?? claims?.workspace_id;
   if (!claims || claims.workspace_id !== workspace) {
     socket.end("HTTP/1.1 401 Unauthorized\r\n\r\n");
