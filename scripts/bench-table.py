@@ -67,6 +67,9 @@ def main(path, against=None):
         if r["scenario"] == "idle":
             who = f"{r['server']}: " if r.get("server") else ""
             print(f"idle: {who}{r['kib_per_conn']} KiB RSS per idle connection ({r['from']} -> {r['to']} connections, {r['rss_from_mib']} -> {r['rss_to_mib']} MiB)")
+        if r["scenario"] == "reconnect":
+            rec = r.get("recovery_ms") or {}
+            print(f"reconnect: {r['cut_off']} of {r['conns']} connections cut off by a SIGKILL, {r['recovered']} back; recovery p50 {rec.get('p50')} ms, p99 {rec.get('p99')} ms, max {rec.get('max')} ms; {r['lost']} of {r['expected']} deliveries lost, {r['duplicates_dropped']} duplicates dropped by the client")
         if r["scenario"] == "connect":
             print(f"connect: {r['connects_per_s']:.0f} authenticated connections/s ({r['conns']} in {r['seconds']} s, {r['server_cpu_us_per_connect']} server CPU-us each)")
 

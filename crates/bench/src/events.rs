@@ -63,6 +63,15 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The `"id":"<ms>-<seq>"` of a frame's first event, as a comparable pair.
+pub fn first_id(frame: &[u8]) -> Option<(u64, u64)> {
+    const KEY: &[u8] = b"\"id\":\"";
+    let at = find(frame, KEY)? + KEY.len();
+    let end = at + frame[at..].iter().position(|b| *b == b'"')?;
+    let (ms, seq) = std::str::from_utf8(&frame[at..end]).ok()?.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +90,7 @@ mod tests {
         seqs(batch.as_bytes(), |n| got.push(n));
         assert_eq!(got, [1, 2]);
         serde_json::from_str::<serde_json::Value>(&e).expect("valid JSON");
+        assert_eq!(first_id(br#"{"type":"t","id":"1764000000000-7","data":{}}"#), Some((1_764_000_000_000, 7)));
+        assert_eq!(first_id(e.as_bytes()), None, "live-only events have no id");
     }
 }

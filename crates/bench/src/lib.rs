@@ -2,7 +2,7 @@
 //! `scripts/bench-peers`. One lean WebSocket client ([`wire`]) for every
 //! scenario and every server, the events and their scanners ([`events`]),
 //! the servers' own CPU and memory ([`server_stats`]), and the scenarios:
-//! [`fanout`] (also `latency`), [`idle`], [`connect`], and the raw writer
+//! [`fanout`] (also `latency`), [`idle`], [`connect`], [`reconnect`], and the raw writer
 //! that bounds them all ([`ceiling`]).
 
 pub mod ceiling;
@@ -11,6 +11,7 @@ pub mod connections;
 pub mod events;
 pub mod fanout;
 pub mod idle;
+pub mod reconnect;
 pub mod report;
 pub mod server_stats;
 pub mod target;

@@ -2,7 +2,7 @@
 //! pinned to one core by the scripts), print its result line.
 
 use clap::{Parser, Subcommand};
-use tidings_bench::{ceiling, connect, fanout, idle, report};
+use tidings_bench::{ceiling, connect, fanout, idle, reconnect, report};
 
 #[derive(Debug, Parser)]
 #[command(name = "tidings-bench", version, about = "Load generator for Tidings and the servers it is compared with")]
@@ -21,6 +21,8 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// Authenticated connections per second.
     Connect(connect::ConnectArgs),
+    /// A gateway killed under durable events: recovery time, loss, duplicates.
+    Reconnect(reconnect::ReconnectArgs),
     /// Serve as the raw writer that bounds every result (run it, then point `fanout` at it).
     Ceiling(ceiling::CeilingArgs),
 }
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Idle(a) => idle::run(a).await,
             Scenario::Connect(a) => connect::run(a).await,
+            Scenario::Reconnect(a) => reconnect::run(a).await,
             Scenario::Ceiling(_) => unreachable!("handled above"),
         }
     })?;

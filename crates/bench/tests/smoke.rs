@@ -54,6 +54,23 @@ fn fanout_through_a_gateway_loses_nothing() {
     assert!(idle["rss_to_mib"].as_f64().unwrap() > 0.0, "{idle}");
 }
 
+#[test]
+fn a_killed_gateway_costs_its_clients_nothing_but_a_reconnect() {
+    let redis = TestRedis::start();
+    let env = [("TIDINGS_REDIS_URL", redis.url()), ("TIDINGS_JWT_SECRET", SECRET.into()), ("RUST_LOG", "warn".into())];
+    let doomed = ServerProcess::start("tidings-gateway", &env, None);
+    let survivor = ServerProcess::start("tidings-gateway", &env, None);
+    let urls = format!("ws://127.0.0.1:{},ws://127.0.0.1:{}", doomed.port, survivor.port);
+    let pid = doomed.child.id().to_string();
+    let redis_url = redis.url();
+    let args = ["reconnect", "--url", &urls, "--redis", &redis_url, "--kill-pid", &pid];
+    let result = bench(&[&args[..], &["--conns", "40", "--rate", "100", "--events", "150", "--kill-after-ms", "400"]].concat());
+    assert_eq!(result["cut_off"], 20, "half were on the killed gateway: {result}");
+    assert_eq!(result["recovered"], 20, "{result}");
+    assert_eq!(result["lost"], 0, "every durable event reached every client across the reconnect: {result}");
+    drop(doomed);
+}
+
 struct Ceiling(Child);
 
 impl Drop for Ceiling {
