@@ -83,7 +83,10 @@ pub async fn upgrade(
                 Err(e) => return ApiError::bad_request(format!("not a WebSocket upgrade: {e}")).into_response(),
             };
             let limit = node.config.max_message_bytes;
-            ws.read_buffer_size(1024)
+            // Clients send little (pings, filter changes): a small read chunk
+            // saves ~4 KiB per idle connection over 4 KiB, and the buffer still
+            // grows for a large message (BENCHMARKS.md, idle memory).
+            ws.read_buffer_size(256)
                 // Frames gather here until the writer's one flush per wake-up
                 // (or this much is waiting), so a backlog is one write(2).
                 .write_buffer_size(WRITE_COALESCE_BYTES)
