@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::connections::{self, workspace_name};
 use crate::events::{event_json, first_timestamp_micros, now_micros, seqs};
 use crate::report::percentiles;
-use crate::server_stats::cpu_seconds;
+use crate::server_stats::{cpu_seconds, rss_bytes};
 use crate::target::TargetArgs;
 use crate::wire::Frame;
 
@@ -164,6 +164,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cpu = cpu_seconds(pids) - cpu_before;
+    // With the connections still open: what the run left the servers holding.
+    let rss_after = rss_bytes(pids);
     let t = tally.borrow();
     let span = t.last_receipt.map(|l| l.duration_since(started)).unwrap_or(publish_time);
     let deliveries = t.received;
@@ -184,6 +186,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         "deliver_s": round(span.as_secs_f64()),
         "deliveries_per_s": (deliveries as f64 / span.as_secs_f64().max(1e-9)).round(),
         "server_cpu_s": round(cpu),
+        "server_rss_mib": if pids.is_empty() { Value::Null } else { json!((rss_after as f64 / 1048576.0 * 10.0).round() / 10.0) },
         "cpu_us_per_delivery": if deliveries > 0 && !pids.is_empty() { json!(round(cpu * 1e6 / deliveries as f64)) } else { Value::Null },
         "latency_ms": t.latency.as_ref().map(percentiles).unwrap_or(Value::Null),
     }))

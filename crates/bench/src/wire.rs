@@ -10,12 +10,19 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// One open WebSocket: the stream and whatever was read past the handshake.
+/// One open WebSocket: the stream and one read buffer; `buf[start..end]` is
+/// read but not yet parsed. The buffer is zeroed once when it grows, never per
+/// read, and grows only while reads keep filling it.
 pub struct Socket {
     pub stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
+
+/// Read buffer of a new connection; doubled while reads fill it, up to [`MAX_READ`].
+const INITIAL_READ: usize = 4 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 /// A frame as the reader sees it.
 pub enum Frame<'a> {
@@ -57,8 +64,7 @@ pub async fn connect(addr: SocketAddr, host: &str, path: &str, source: Option<Ip
     if !status.contains(" 101 ") {
         bail!("upgrade refused: {status}");
     }
-    buf.truncate(len);
-    Ok(Socket { stream, buf, start: end })
+    Ok(Socket { stream, buf, start: end, end: len })
 }
 
 impl Socket {
@@ -66,7 +72,7 @@ impl Socket {
     /// returns false. Answers pings.
     pub async fn read_frames(&mut self, mut on_frame: impl FnMut(Frame<'_>) -> bool) -> anyhow::Result<()> {
         loop {
-            while let Some((header, len, opcode)) = parse_header(&self.buf[self.start..]) {
+            while let Some((header, len, opcode)) = parse_header(&self.buf[self.start..self.end]) {
                 let payload = self.start + header..self.start + header + len;
                 let go_on = match opcode {
                     0x1 => on_frame(Frame::Text(&self.buf[payload.clone()])),
@@ -88,18 +94,22 @@ impl Socket {
                     return Ok(());
                 }
             }
-            // Compact, then read more.
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
+            // Keep the unparsed tail at the front, and room behind it.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                let grown = (self.buf.len() * 2).max(INITIAL_READ);
+                self.buf.resize(grown, 0);
             }
-            let have = self.buf.len();
-            let want = (have + 64 * 1024).max(self.buf.capacity());
-            self.buf.resize(want, 0);
-            let n = self.stream.read(&mut self.buf[have..]).await?;
-            self.buf.truncate(have + n);
+            let free = self.buf.len() - self.end;
+            let n = self.stream.read(&mut self.buf[self.end..]).await?;
             if n == 0 {
                 return Ok(());
+            }
+            self.end += n;
+            if n == free && self.buf.len() < MAX_READ {
+                self.buf.resize(self.buf.len() * 2, 0);
             }
         }
     }
@@ -112,11 +122,7 @@ impl Socket {
                 first = Some(t.to_vec());
                 false
             }
-            Frame::Close(code) => {
-                first = None;
-                let _ = code;
-                false
-            }
+            Frame::Close(_) => false,
             Frame::Other => true,
         })
         .await?;
@@ -130,8 +136,10 @@ impl Socket {
 
     /// Shrinks the read buffer to what is unread, for idle connections.
     pub fn shrink(&mut self) {
-        self.buf.drain(..self.start);
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
         self.start = 0;
+        self.buf.truncate(self.end.max(256));
         self.buf.shrink_to_fit();
     }
 }

@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::extract::Path;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -54,7 +54,7 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
             (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (HeaderName::from_static("referrer-policy"), HeaderValue::from_static("no-referrer")),
+            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
             // The files change with the binary; revalidating is cheap next to a stale page.
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],

@@ -47,6 +47,9 @@ pub enum Outgoing {
     Close(u16, &'static str),
 }
 
+/// Queue capacity a connection keeps once it has caught up.
+const KEPT_SLOTS: usize = 16;
+
 #[derive(Debug)]
 enum Slot {
     /// `replay` events come from history and may be older than what was sent.
@@ -407,6 +410,8 @@ impl Outbox {
             if inner.main.slots.is_empty() {
                 inner.dropped_since_caught_up = 0;
                 inner.dropped_bytes_since_caught_up = 0;
+                // Caught up after a burst: give back what the backlog grew.
+                inner.main.slots.shrink_to(KEPT_SLOTS);
             }
             self.room.notify_waiters();
             match slot {
