@@ -11,7 +11,7 @@ use tidings_broker::{Broker, MemoryBroker, MessageHandler};
 use tidings_gateway::config::GatewayArgs;
 use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
 use tidings_gateway::{Node, server};
-use tidings_process::{init_logging, shutdown_signal};
+use tidings_process::shutdown_signal;
 use tidings_publisher::{Publisher, PublisherMetrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -145,7 +145,7 @@ pub async fn run(
 
 pub fn main(args: DevArgs) -> anyhow::Result<()> {
     args.validate()?;
-    init_logging(&args.log_format);
+    let _telemetry = tidings_process::telemetry::init("tidings", &args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = tidings_process::listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -156,6 +156,7 @@ async fn sse_stream(
         let guard = guard?;
         let event = match guard.conn.outbox.pop().await {
             Outgoing::Event(e) => {
+                let _delivering = e.trace.as_ref().and_then(|t| t.deliver_span(&guard.conn.connection_id));
                 guard.node.metrics.messages_delivered.with_label_values(&[Transport::Sse.label()]).inc();
                 if let Some(seconds) = e.published_at.and_then(crate::hub::latency_since) {
                     guard.node.metrics.delivery_latency.observe(seconds);

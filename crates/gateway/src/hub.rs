@@ -125,17 +125,22 @@ impl Hub {
     /// passes it. The JSON is shared, not re-encoded, per connection.
     pub fn fan_out(&self, workspace_id: &str, payload: Bytes) {
         self.metrics.broker_messages.inc();
-        let Some(event) = prepare(workspace_id, payload) else {
+        let Some((mut event, traceparent)) = prepare_traced(workspace_id, payload) else {
             self.metrics.events_dropped.with_label_values(&["invalid"]).inc();
             return;
         };
+        let traced = crate::trace::received(workspace_id, &event.event_type, traceparent.as_deref());
+        let _receiving = traced.as_ref().map(|(receive, _)| receive.enter());
+        event.trace = traced.as_ref().map(|(_, delivery)| delivery.clone());
         let event = Arc::new(event);
         let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
         let Some(conns) = map.get(workspace_id) else { return };
+        let mut recipients = 0;
         for conn in conns.values() {
             if !conn.wants(&event) {
                 continue;
             }
+            recipients += 1;
             match conn.outbox.push_event(event.clone()) {
                 Pushed::Queued | Pushed::Closed => {}
                 Pushed::Conflated => self.metrics.events_conflated.with_label_values(&["slow_client"]).inc(),
@@ -145,6 +150,9 @@ impl Hub {
                     tracing::info!(connection_id = %conn.connection_id, "client too slow, closing 4009");
                 }
             }
+        }
+        if let Some((_, delivery)) = &traced {
+            delivery.record_recipients(recipients);
         }
     }
 }
@@ -188,6 +196,11 @@ impl MessageHandler for Hub {
 /// Reads the routing fields of a broker message, refusing anything that is not
 /// an event of `workspace_id` (the channel decides the audience; the event must agree).
 pub fn prepare(workspace_id: &str, payload: Bytes) -> Option<PreparedEvent> {
+    prepare_traced(workspace_id, payload).map(|(event, _)| event)
+}
+
+/// [`prepare`], also returning the event's `traceparent` for the fan-out's spans.
+fn prepare_traced(workspace_id: &str, payload: Bytes) -> Option<(PreparedEvent, Option<String>)> {
     let header: EventHeader = serde_json::from_slice(&payload).ok()?;
     if header.workspace_id != workspace_id {
         tracing::warn!(channel = workspace_id, event_workspace = %header.workspace_id, "event on a foreign workspace channel dropped");
@@ -202,7 +215,8 @@ pub fn prepare(workspace_id: &str, payload: Bytes) -> Option<PreparedEvent> {
         .and_then(|t| u64::try_from(t.unix_timestamp_nanos()).ok())
         .map(|nanos| UNIX_EPOCH + std::time::Duration::from_nanos(nanos));
     let text = Utf8Bytes::try_from(payload).ok()?;
-    Some(PreparedEvent { event_type: header.event_type, entity_ref, id: header.id, published_at, text })
+    let event = PreparedEvent { event_type: header.event_type, entity_ref, id: header.id, published_at, text, trace: None };
+    Some((event, header.trace))
 }
 
 /// Seconds from `published_at` to now, if the clock allows.

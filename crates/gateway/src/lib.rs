@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod rate;
 pub mod replay;
 pub mod server;
+pub mod trace;
 pub mod ws;
 
 pub use config::GatewayConfig;

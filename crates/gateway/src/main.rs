@@ -10,7 +10,7 @@ use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
 use tidings_gateway::config::{GatewayArgs, ProcessArgs};
 use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
 use tidings_gateway::{Node, server};
-use tidings_process::{init_logging, parse_args_or_exit, shutdown_signal};
+use tidings_process::{parse_args_or_exit, shutdown_signal};
 
 /// Holds client connections for a scaled-out Tidings deployment.
 #[derive(Debug, Parser)]
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     if let Err(e) = check_redis_urls(&redis_url, args.redis_cluster) {
         return usage_error(&e);
     }
-    init_logging(&args.process.log_format);
+    let _telemetry = tidings_process::telemetry::init("tidings-gateway", &args.process.log_format);
     let listen: SocketAddr = args.process.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
     let config = args.gateway.to_config(jwt_keys, args.process.instance_id.clone());
     let history_size = config.history_size;

@@ -33,6 +33,8 @@ pub struct PreparedEvent {
     /// When it was published, for the delivery latency histogram.
     pub published_at: Option<SystemTime>,
     pub text: Utf8Bytes,
+    /// Its fan-out span, when the event is traced and traces are exported.
+    pub trace: Option<Arc<crate::trace::DeliveryTrace>>,
 }
 
 /// What the writer sends next.
@@ -464,6 +466,7 @@ mod tests {
             id: Some(EventId::new(id, 0)),
             published_at: None,
             text: format!("{id}").into(),
+            trace: None,
         })
     }
 
@@ -510,6 +513,7 @@ mod tests {
                 id: Some(EventId::new(id, 0)),
                 published_at: None,
                 text: "x".repeat(400).into(),
+                trace: None,
             })
         };
         assert_eq!(outbox.push_event(big(1)), Pushed::Queued);

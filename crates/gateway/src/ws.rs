@@ -20,6 +20,8 @@ use tidings_protocol::timestamp::now_rfc3339;
 use tidings_protocol::{ClientMessage, EventId, Filter, ServerMessage};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::access::{Access, authorize, bearer, check_origin, expires_at, parse_filter, parse_since};
 use crate::error::ApiError;
@@ -95,7 +97,9 @@ pub async fn upgrade(
                 .max_frame_size(limit)
                 .on_upgrade(move |socket| {
                     let tasks = node.tasks.clone();
-                    tasks.track_future(serve_socket(node, socket, setup, identity))
+                    // Every log line of the session names its connection.
+                    let span = tracing::info_span!("connection", connection_id = Empty, workspace_id = Empty, user_id = Empty);
+                    tasks.track_future(serve_socket(node, socket, setup, identity).instrument(span))
                 })
         }
         Err(e) => {
@@ -225,6 +229,11 @@ async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity
             }
         }
     };
+    let span = tracing::Span::current();
+    let conn = joined.registration.connection();
+    span.record("connection_id", conn.connection_id.as_str());
+    span.record("workspace_id", conn.workspace_id.as_str());
+    span.record("user_id", conn.user_id.as_str());
     run_connection(node, sink, stream, setup, joined).await;
 }
 
@@ -277,7 +286,7 @@ async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: 
     }
 
     let done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, setup.batch, done.clone()));
+    let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, setup.batch, done.clone()).in_current_span());
     // The replay runs while the writer sends, so it waits for room instead of
     // piling up; live events published meanwhile wait in the held lane.
     if let Some(replay) = replay {
@@ -312,6 +321,7 @@ async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: 
     done.cancel();
     let _ = writer.await;
     drop(registration);
+    tracing::debug!(?ended, "connection ended");
 }
 
 /// The reader's per-connection state.
@@ -663,6 +673,9 @@ async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batc
             close = collect(item, batch, &conn, &mut frames, &mut events);
         }
         if !frames.is_empty() {
+            // Open while the frames are written; only traced events have them.
+            let delivering: Vec<tracing::Span> =
+                events.iter().filter_map(|e| e.trace.as_ref()?.deliver_span(&conn.connection_id)).collect();
             let write = async {
                 for frame in frames.drain(..) {
                     sink.feed(frame).await?;
@@ -677,6 +690,7 @@ async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batc
                 // does not read is stuck: give the frames up, send the close.
                 () = conn.outbox.closed() => continue,
             };
+            drop(delivering);
             if !written {
                 break;
             }

@@ -1,7 +1,9 @@
 //! Process plumbing every Tidings binary shares: how a bad option ends the
-//! program (one line, exit 2, before binding), logging setup, the
+//! program (one line, exit 2, before binding), logs and traces ([`telemetry`]), the
 //! SIGTERM/SIGINT future that starts graceful shutdown, and the JSON shape of
 //! errors produced below the handlers.
+
+pub mod telemetry;
 
 /// Parses the command line; a bad or unknown option prints one line and exits 2
 /// before anything binds a port (`--help` and `--version` print as usual).
@@ -16,14 +18,6 @@ pub fn parse_args_or_exit<T: clap::Parser>(program: &str) -> T {
         eprintln!("{program}: {first} (see --help)");
         std::process::exit(2);
     })
-}
-
-/// Starts logging to stderr as `text` or `json`; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -37,6 +37,9 @@ pub struct EventHeader {
     pub entity_ref: Option<String>,
     #[serde(default)]
     pub timestamp: Option<String>,
+    /// The W3C `traceparent` the publisher left, continued by the gateway's spans.
+    #[serde(default)]
+    pub trace: Option<String>,
 }
 
 /// Why an event breaks SPEC §2.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use tidings_broker::redis::check_redis_urls;
 use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
-use tidings_process::{init_logging, parse_args_or_exit, shutdown_signal};
+use tidings_process::{parse_args_or_exit, shutdown_signal};
 use tidings_publisher::{Publisher, PublisherMetrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return usage_error(&e.to_string()),
     };
-    init_logging(&args.log_format);
+    let _telemetry = tidings_process::telemetry::init("tidings-publisher", &args.log_format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tidings_protocol::Event;
 use tidings_protocol::codes::error;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::{MAX_EVENTS_PER_REQUEST, Publisher};
 
@@ -133,7 +135,21 @@ async fn publish_inner(publisher: &Publisher, workspace_id: &str, headers: &Head
     if !authorized(publisher, headers) {
         return Err(PublishError::Unauthorized);
     }
-    let events = parse_events(workspace_id, body)?;
+    let mut events = parse_events(workspace_id, body)?;
+    // Continues the caller's trace (its `traceparent` header, else the first
+    // event's `trace`); events without a `trace` of their own carry this span's.
+    let span = tracing::info_span!("publish", workspace_id, events = events.len(), trace_id = Empty);
+    let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).or_else(|| events.first().and_then(|e| e.trace.as_deref()));
+    tidings_process::telemetry::continue_trace(&span, parent);
+    if let Some(traceparent) = tidings_process::telemetry::traceparent(&span) {
+        for event in events.iter_mut().filter(|e| e.trace.is_none()) {
+            event.trace = Some(traceparent.clone());
+        }
+    }
+    publish_events(publisher, events).instrument(span).await
+}
+
+async fn publish_events(publisher: &Publisher, events: Vec<Event>) -> Result<Vec<String>, PublishError> {
     let mut ids = Vec::with_capacity(events.len());
     for event in events {
         let event_type = event.event_type.clone();

@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 use tidings_broker::{DeliveryClaim, PublishedOnce};
 use tidings_protocol::Event;
 use tidings_protocol::codes::error;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::{Draft, Parsed, WebhookError, argocd, backstage, github, gitlab};
 use crate::Publisher;
@@ -56,7 +58,14 @@ async fn webhook(
     let Ok(Query(query)) = query else {
         return error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, "malformed query string");
     };
-    let (result, response) = handle(&publisher, source, query, &headers, &body, |headers, body| parse(&credential, headers, body)).await;
+    // The root of a delivery's trace, or a child of the sender's `traceparent`.
+    let span = tracing::info_span!("webhook", source, result = Empty, trace_id = Empty);
+    tidings_process::telemetry::continue_trace(&span, header_str(&headers, "traceparent"));
+    let (result, response) = handle(&publisher, source, query, &headers, &body, |headers, body| parse(&credential, headers, body))
+        .instrument(span.clone())
+        .await;
+    span.record("result", result);
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "webhook handled"));
     publisher.metrics.webhooks.with_label_values(&[source, result]).inc();
     response
 }
@@ -197,7 +206,7 @@ async fn handle(
     // Sources without a delivery id are de-duplicated by the hash of the body.
     let delivery = delivery.unwrap_or_else(|| Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect());
     let deleted = drafts.iter().any(|d| d.data["change_type"] == "deleted");
-    let events = match routed_events(drafts, &destination) {
+    let mut events = match routed_events(drafts, &destination) {
         Ok(events) => events,
         Err(e) => return ("invalid", error_response(StatusCode::BAD_REQUEST, error::BAD_REQUEST, e.to_string())),
     };
@@ -205,7 +214,14 @@ async fn handle(
     // after the step took effect) nothing is released: the sender's retry is a
     // duplicate if the events were stored and published if not — exactly once.
     let claim = DeliveryClaim { source: source.to_string(), delivery };
-    let stored = match publisher.broker.publish_once(&claim, events).await {
+    let span = tracing::info_span!("publish", workspace_id = %destination.workspace_id, events = events.len(), trace_id = Empty);
+    tidings_process::telemetry::record_trace_id(&span);
+    // The gateway's spans continue from here, through Redis.
+    let traceparent = tidings_process::telemetry::traceparent(&span);
+    for event in &mut events {
+        event.trace = traceparent.clone();
+    }
+    let stored = match publisher.broker.publish_once(&claim, events).instrument(span).await {
         Ok(PublishedOnce::Published(stored)) => stored,
         Ok(PublishedOnce::Duplicate) => return ("duplicate", (StatusCode::OK, Json(json!({ "duplicate": true }))).into_response()),
         Err(e) => return ("unavailable", error_response(StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE, e.to_string())),
