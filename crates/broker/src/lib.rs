@@ -52,6 +52,9 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// replaying what it missed).
     fn on_reconnect(&self) {}
 
+    /// The broker's subscription connection went up (`true`) or was lost.
+    fn on_connection(&self, _connected: bool) {}
+
     /// Events of this workspace were missed while the broker was away and are no
     /// longer in history (trimmed, or the store lost its data): local readers
     /// must learn it, by reconnecting with `since` and getting `recovered: false`.

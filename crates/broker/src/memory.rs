@@ -62,6 +62,8 @@ impl MemoryBroker {
     /// Sets where subscribed messages go. One handler per broker (one gateway per
     /// process); a second call is ignored and returns false.
     pub fn set_handler(&self, handler: Arc<dyn MessageHandler>) -> bool {
+        // In one process, "connected" holds from the start.
+        handler.on_connection(true);
         self.handler.set(handler).is_ok()
     }
 

@@ -461,6 +461,12 @@ fn predecessor(id: EventId) -> EventId {
 }
 
 impl Shared {
+    /// Records whether pub/sub is up, and tells the handler (a gauge, at the gateway).
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.handler.on_connection(connected);
+    }
+
     /// The newest entry id of a workspace stream, if it has one.
     async fn last_stream_id(&self, workspace_id: &str) -> Result<Option<EventId>, BrokerError> {
         let keys = WorkspaceKeys::new(workspace_id, self.cluster);
@@ -666,7 +672,7 @@ async fn pubsub_loop(client: redis::Client, shared: std::sync::Weak<Shared>) {
                 drop(state);
                 read_until_lost(stream, &shared, probe, &session).await;
                 let Some(state) = shared.upgrade() else { return };
-                state.connected.store(false, Ordering::Relaxed);
+                state.set_connected(false);
                 let mut guard = state.pubsub.lock().await;
                 guard.sink = None;
                 guard.subscribed.clear();
@@ -709,7 +715,7 @@ async fn connect_pubsub(
     state.subscribed = wanted.into_iter().collect();
     state.sink = Some(sink);
     state.session = CancellationToken::new();
-    shared.connected.store(true, Ordering::Relaxed);
+    shared.set_connected(true);
     tracing::info!(workspaces = state.subscribed.len(), "redis pub/sub connected");
     Ok((stream, state.session.clone()))
 }
@@ -814,7 +820,7 @@ async fn cluster_pubsub_loop(
                 if !failed {
                     guard.subscribed = wanted.into_iter().collect();
                     guard.sink = Some(sink);
-                    state.connected.store(true, Ordering::Relaxed);
+                    state.set_connected(true);
                     drop(guard);
                     tracing::info!("redis cluster pub/sub connected");
                     break;

@@ -313,3 +313,31 @@ async fn a_publish_with_a_traceparent_header_continues_the_callers_trace() {
     let spans = chain(&receiver, Some(&own_trace), &["publish", "broker.receive", "fanout", "deliver"]);
     assert!(spans[0].parent_id.is_empty() || spans[0].parent_id == "0000000000000000", "a root span: {spans:?}");
 }
+
+/// The value of an unlabelled metric on `/metrics`.
+async fn metric(base: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn the_gateways_broker_gauge_follows_redis_down_and_back() {
+    let mut redis = TestRedis::start();
+    let logs = tempfile::tempdir().unwrap();
+    let gateway = start("tidings-gateway", &redis, &[], &logs.path().join("gateway.log"));
+    let base = gateway.base();
+    tidings_testkit::retry("connected = 1", WAIT, || async {
+        (metric(&base, "tidings_broker_connected").await == Some(1.0)).then_some(())
+    })
+    .await;
+    redis.kill();
+    tidings_testkit::retry("connected = 0", WAIT, || async {
+        (metric(&base, "tidings_broker_connected").await == Some(0.0)).then_some(())
+    })
+    .await;
+    redis.restart();
+    tidings_testkit::retry("connected = 1 again", WAIT, || async {
+        (metric(&base, "tidings_broker_connected").await == Some(1.0)).then_some(())
+    })
+    .await;
+}

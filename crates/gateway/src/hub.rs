@@ -174,6 +174,10 @@ impl MessageHandler for Hub {
         self.metrics.broker_reconnects.inc();
     }
 
+    fn on_connection(&self, connected: bool) {
+        self.metrics.broker_connected.set(i64::from(connected));
+    }
+
     fn on_gap(&self, workspace_id: &str) {
         // They reconnect with `since` and learn `recovered: false` there: the
         // one way a client is told, whatever transport it uses.

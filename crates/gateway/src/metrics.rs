@@ -15,9 +15,44 @@ pub struct GatewayMetrics {
     pub delivery_latency: Histogram,
     pub broker_messages: IntCounter,
     pub broker_reconnects: IntCounter,
+    pub broker_connected: IntGauge,
     pub subscribed_workspaces: IntGauge,
     pub client_messages: IntCounterVec,
 }
+
+/// Close codes a gateway sends (SPEC §3.4), listed at zero from the start.
+const CLOSE_CODES: [u16; 12] = {
+    use tidings_protocol::codes::close::*;
+    [
+        NORMAL,
+        PROTOCOL_ERROR,
+        INVALID_PAYLOAD,
+        POLICY,
+        MESSAGE_TOO_BIG,
+        INTERNAL,
+        DRAINING,
+        TRY_AGAIN_LATER,
+        TOKEN_EXPIRED,
+        FORBIDDEN,
+        RATE_LIMITED,
+        TOO_SLOW,
+    ]
+};
+
+/// The `type` label values of `tidings_client_messages_total`.
+const CLIENT_MESSAGE_KINDS: [&str; 11] = [
+    "subscribe",
+    "unsubscribe",
+    "update_filter",
+    "ping",
+    "request_metrics",
+    "request_history",
+    "auth",
+    "binary",
+    "rate_limited",
+    "unknown",
+    "invalid",
+];
 
 impl GatewayMetrics {
     /// Registers every family, with the common label values at zero so that
@@ -36,6 +71,12 @@ impl GatewayMetrics {
             metrics.events_dropped.with_label_values(&[reason]);
         }
         metrics.events_conflated.with_label_values(&["slow_client"]);
+        for code in CLOSE_CODES {
+            metrics.connections_closed.with_label_values(&[&code.to_string()]);
+        }
+        for kind in CLIENT_MESSAGE_KINDS {
+            metrics.client_messages.with_label_values(&[kind]);
+        }
         Ok(metrics)
     }
 
@@ -84,6 +125,10 @@ impl GatewayMetrics {
                 IntCounter::new("tidings_broker_messages_received_total", "Messages received from the broker.")?,
             )?,
             broker_reconnects: reg(registry, IntCounter::new("tidings_broker_reconnects_total", "Reconnections to the broker.")?)?,
+            broker_connected: reg(
+                registry,
+                IntGauge::new("tidings_broker_connected", "1 while the broker's pub/sub connection is up, else 0.")?,
+            )?,
             subscribed_workspaces: reg(
                 registry,
                 IntGauge::new(

@@ -84,7 +84,10 @@ impl Replay {
             };
             for stored in &page.events {
                 cursor = stored.id;
-                let Some(event) = prepare(&conn.workspace_id, stored.json.clone()) else { continue };
+                let Some(mut event) = prepare(&conn.workspace_id, stored.json.clone()) else { continue };
+                // A replayed event's age is how far back the client resumed, not
+                // delivery latency: kept out of the histogram (and its alerts).
+                event.published_at = None;
                 if keep(&event) && !conn.outbox.push_replay(Arc::new(event)).await {
                     return;
                 }

@@ -213,7 +213,9 @@ async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity
             let (access, admission) = match refused {
                 Ok(identity) => identity,
                 Err((code, reason)) => {
-                    node.metrics.connections_refused.with_label_values(&["auth_message"]).inc();
+                    // A full or draining gateway is not the client's fault.
+                    let label = if matches!(code, close::DRAINING | close::TRY_AGAIN_LATER) { "unavailable" } else { "auth_message" };
+                    node.metrics.connections_refused.with_label_values(&[label]).inc();
                     send_close(&mut sink, code, reason).await;
                     return;
                 }

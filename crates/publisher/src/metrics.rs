@@ -15,6 +15,9 @@ pub struct PublisherMetrics {
     pub webhooks: IntCounterVec,
 }
 
+/// The `result` label values of `tidings_webhooks_total`.
+const WEBHOOK_RESULTS: [&str; 8] = ["published", "duplicate", "ping", "ignored", "no_route", "invalid", "unauthorized", "unavailable"];
+
 impl PublisherMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let events_published = IntCounterVec::new(Opts::new("tidings_events_published_total", "Events published, by type."), &["type"])?;
@@ -30,6 +33,18 @@ impl PublisherMetrics {
         let webhooks =
             IntCounterVec::new(Opts::new("tidings_webhooks_total", "Webhook deliveries, by source and result."), &["source", "result"])?;
         registry.register(Box::new(webhooks.clone()))?;
+        // Every series at zero from the start, so dashboards and alerts see them.
+        for event_type in WELL_KNOWN_TYPES.iter().chain([&OTHER_TYPE]) {
+            events_published.with_label_values(&[event_type]);
+        }
+        for result in ["accepted", "unauthorized", "invalid", "unavailable"] {
+            publish_requests.with_label_values(&[result]);
+        }
+        for source in ["github", "gitlab", "backstage", "argocd"] {
+            for result in WEBHOOK_RESULTS {
+                webhooks.with_label_values(&[source, result]);
+            }
+        }
         Ok(Self { events_published, publish_latency, publish_requests, webhooks })
     }
 
