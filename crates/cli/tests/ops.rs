@@ -6,7 +6,7 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -269,6 +269,20 @@ async fn one_trace_runs_from_the_webhook_to_the_socket_write_and_log_lines_name_
     });
 }
 
+/// One notification through the HTTP publish API with this `traceparent` header.
+async fn publish_with_traceparent(publisher: &ServerProcess, traceparent: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/workspaces/api/events", publisher.base()))
+        .bearer_auth(PUBLISH_TOKEN)
+        .header("traceparent", traceparent)
+        .header("content-type", "application/json")
+        .body(r#"{"type":"notification","data":{"title":"t","message":"m","level":"info"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+}
+
 #[tokio::test]
 async fn a_publish_with_a_traceparent_header_continues_the_callers_trace() {
     let redis = TestRedis::start();
@@ -280,16 +294,7 @@ async fn a_publish_with_a_traceparent_header_continues_the_callers_trace() {
 
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let answer = reqwest::Client::new()
-        .post(format!("{}/v1/workspaces/api/events", publisher.base()))
-        .bearer_auth(PUBLISH_TOKEN)
-        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
-        .header("content-type", "application/json")
-        .body(r#"{"type":"notification","data":{"title":"t","message":"m","level":"info"}}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 202);
+    publish_with_traceparent(&publisher, &format!("00-{caller_trace}-{caller_span}-01")).await;
     let event = next_json(&mut ws).await;
     assert!(event["trace"].as_str().unwrap().contains(caller_trace), "{event}");
 
@@ -297,16 +302,7 @@ async fn a_publish_with_a_traceparent_header_continues_the_callers_trace() {
     assert_eq!(spans[0].parent_id, caller_span, "the publish span is the caller's span's child");
 
     // A malformed traceparent is not an error: the publish starts a trace of its own.
-    let answer = reqwest::Client::new()
-        .post(format!("{}/v1/workspaces/api/events", publisher.base()))
-        .bearer_auth(PUBLISH_TOKEN)
-        .header("traceparent", "garbage")
-        .header("content-type", "application/json")
-        .body(r#"{"type":"notification","data":{"title":"t","message":"m","level":"info"}}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 202);
+    publish_with_traceparent(&publisher, "garbage").await;
     let event = next_json(&mut ws).await;
     let own_trace = event["trace"].as_str().unwrap().split('-').nth(1).unwrap().to_string();
     assert_ne!(own_trace, caller_trace);
@@ -340,4 +336,151 @@ async fn the_gateways_broker_gauge_follows_redis_down_and_back() {
         (metric(&base, "tidings_broker_connected").await == Some(1.0)).then_some(())
     })
     .await;
+}
+
+/// nginx (Debian's package) running the project's `deploy/nginx/nginx.conf`,
+/// its upstreams pointed at `gateways`, stopped when dropped.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _prefix: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(gateways: &[u16], publisher: u16) -> Self {
+        let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx/nginx.conf")).unwrap();
+        let port = tidings_testkit::free_port();
+        let [a, b] = gateways else { panic!("two gateways") };
+        let rewrites = [
+            ("server gateway-1:8080", format!("server 127.0.0.1:{a}")),
+            ("server gateway-2:8080", format!("server 127.0.0.1:{b}")),
+            ("server publisher:8090", format!("server 127.0.0.1:{publisher}")),
+            ("listen 8080;", format!("listen 127.0.0.1:{port};")),
+        ];
+        let mut conf = conf;
+        for (from, to) in rewrites {
+            assert_eq!(conf.matches(from).count(), 1, "deploy/nginx/nginx.conf has one `{from}`");
+            conf = conf.replace(from, &to);
+        }
+        let prefix = tempfile::tempdir().unwrap();
+        // nginx's workers drop root; they must reach the temp paths under the prefix.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(prefix.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf_path = prefix.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (Debian's package; scripts/test installs it)");
+        let nginx = Self { child, port, _prefix: prefix };
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        wait_for("nginx forwarding /readyz", WAIT, || tidings_testkit::http_status(&ready) == Some(200));
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master takes its workers down with it.
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn sigterm(process: &ServerProcess) {
+    let status = std::process::Command::new("kill").args(["-TERM", &process.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn clients_behind_nginx_move_to_the_other_gateway_when_one_drains_and_lose_nothing() {
+    use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
+    use tidings_client::{Backoff, Client, ClientConfig, ClientEvent, ConnectionState, static_token};
+
+    const CLIENTS: usize = 4;
+    const EVENTS: u64 = 300;
+    let redis = TestRedis::start();
+    let logs = tempfile::tempdir().unwrap();
+    let named = |name: &str| vec![("TIDINGS_INSTANCE_ID", name.to_string())];
+    let drained = start("tidings-gateway", &redis, &named("gw-a"), &logs.path().join("a.log"));
+    let other = start("tidings-gateway", &redis, &named("gw-b"), &logs.path().join("b.log"));
+    let ports = [drained.port, other.port];
+    let nginx = Nginx::start(&ports, tidings_testkit::free_port());
+
+    let config = || ClientConfig {
+        backoff: Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(500), max_attempts: None },
+        ..ClientConfig::new(format!("ws://127.0.0.1:{}", nginx.port), "balanced")
+    };
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = Client::connect(config(), static_token(token("balanced")));
+        client.states().wait_for(|s| matches!(s, ConnectionState::Connected { .. })).await.unwrap();
+        clients.push(client);
+    }
+    let server_of = |client: &Client| match &*client.states().borrow() {
+        ConnectionState::Connected { server, .. } => Some(server.clone()),
+        _ => None,
+    };
+    let servers: BTreeSet<String> = clients.iter().filter_map(server_of).collect();
+    assert_eq!(servers.len(), 2, "least_conn spreads the clients over both gateways: {servers:?}");
+
+    let broker = RedisBroker::connect(RedisConfig::new(redis.url(), 10_000), Arc::new(PublishOnly)).unwrap();
+    let publisher = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(5));
+        let mut ids = Vec::new();
+        for n in 0..EVENTS {
+            pace.tick().await;
+            let stored = broker.publish(tidings_protocol::Event::new("tick", "balanced", serde_json::json!({ "n": n }))).await.unwrap();
+            ids.push(stored.id.unwrap());
+        }
+        ids
+    });
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let read = |mut client: Client| {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while ids.len() < EVENTS as usize {
+                match tokio::time::timeout(WAIT, client.next()).await.expect("events in time").expect("the client runs") {
+                    ClientEvent::Event(e) => {
+                        ids.push(e.id.unwrap());
+                        received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    ClientEvent::Reload => panic!("history reaches back: nothing to reload"),
+                    _ => {}
+                }
+            }
+            (ids, client)
+        })
+    };
+    let mut states: Vec<_> = clients.iter().map(Client::states).collect();
+    let readers: Vec<_> = clients.into_iter().map(read).collect();
+
+    // Drain gw-a (SIGTERM: 1012 to its clients, then it exits) mid-stream.
+    tidings_testkit::eventually("a quarter of the events read", WAIT, || {
+        received.load(std::sync::atomic::Ordering::Relaxed) >= CLIENTS * EVENTS as usize / 4
+    })
+    .await;
+    sigterm(&drained);
+    for state in &mut states {
+        state.wait_for(|s| matches!(s, ConnectionState::Connected { server, .. } if server == "gw-b")).await.unwrap();
+    }
+    let published = publisher.await.unwrap();
+    for reader in readers {
+        let (ids, client) = reader.await.unwrap();
+        assert_eq!(ids, published, "every event once, in order, across the move");
+        let extra = tokio::time::timeout(Duration::from_millis(200), async {
+            let mut client = client;
+            client.next().await
+        })
+        .await;
+        assert!(!matches!(extra, Ok(Some(ClientEvent::Event(_)))), "no duplicate after the last");
+    }
+    drop(drained);
 }
