@@ -128,7 +128,7 @@ pub fn init(service: &'static str, log_format: &str) -> Telemetry {
 fn build_provider(service: &'static str) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     // The exporter reads the endpoint, protocol, headers and timeout from the
     // standard variables itself; the provider reads the sampler and batch settings.
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let exporter = QuietExporter::new(opentelemetry_otlp::SpanExporter::builder().with_http().build()?);
     let mut resource = opentelemetry_sdk::Resource::builder();
     let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
@@ -136,6 +136,86 @@ fn build_provider(service: &'static str) -> Result<SdkTracerProvider, openteleme
         resource = resource.with_service_name(service);
     }
     Ok(SdkTracerProvider::builder().with_resource(resource.build()).with_batch_exporter(exporter).build())
+}
+
+/// How often an export that keeps failing is reported again.
+const EXPORT_FAILURE_REPEAT: Duration = Duration::from_secs(300);
+
+/// The OTLP exporter, reporting a collector outage once (and every five
+/// minutes while it lasts) and its end, instead of the SDK's error line per
+/// batch, which would repeat every few seconds for as long as it is down.
+#[derive(Debug)]
+struct QuietExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    health: std::sync::Mutex<ExportHealth>,
+}
+
+#[derive(Debug, Default)]
+struct ExportHealth {
+    failed_batches: u64,
+    last_report: Option<std::time::Instant>,
+}
+
+impl QuietExporter {
+    fn new(inner: opentelemetry_otlp::SpanExporter) -> Self {
+        Self { inner, health: std::sync::Mutex::new(ExportHealth::default()) }
+    }
+
+    fn record(&self, result: &opentelemetry_sdk::error::OTelSdkResult) {
+        let report = self.health.lock().unwrap_or_else(|p| p.into_inner()).note(result.is_ok(), std::time::Instant::now());
+        match (report, result) {
+            (Some(Report::Recovered(failed_batches)), _) => tracing::info!(failed_batches, "trace export works again"),
+            (Some(Report::Failing(failed_batches)), Err(e)) => {
+                tracing::warn!(error = %e, failed_batches, "trace export failing; spans are dropped until the collector answers")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What to say about an export's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// Failing, with this many batches lost so far.
+    Failing(u64),
+    /// Working again after this many lost batches.
+    Recovered(u64),
+}
+
+impl ExportHealth {
+    fn note(&mut self, ok: bool, now: std::time::Instant) -> Option<Report> {
+        if ok {
+            let lost = std::mem::take(self).failed_batches;
+            return (lost > 0).then_some(Report::Recovered(lost));
+        }
+        self.failed_batches += 1;
+        let due = self.last_report.is_none_or(|at| now.duration_since(at) >= EXPORT_FAILURE_REPEAT);
+        due.then(|| {
+            self.last_report = Some(now);
+            Report::Failing(self.failed_batches)
+        })
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for QuietExporter {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        self.record(&result);
+        // Reported above; the SDK would log it again, once per batch.
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// Makes `span` a child of the W3C `traceparent`, then writes its trace id
@@ -181,10 +261,27 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ExportPlan, export_plan};
+    use std::time::Duration;
+
+    use super::{EXPORT_FAILURE_REPEAT, ExportHealth, ExportPlan, Report, export_plan};
 
     fn plan(vars: &[(&str, &str)]) -> ExportPlan {
         export_plan(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn a_collector_outage_is_reported_once_every_five_minutes_and_its_end_once() {
+        let mut health = ExportHealth::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(health.note(true, t0), None, "all well: nothing to say");
+        assert_eq!(health.note(false, t0), Some(Report::Failing(1)));
+        for n in 1..100 {
+            assert_eq!(health.note(false, t0 + Duration::from_secs(n)), None, "not again within five minutes");
+        }
+        assert_eq!(health.note(false, t0 + EXPORT_FAILURE_REPEAT), Some(Report::Failing(101)));
+        assert_eq!(health.note(true, t0 + EXPORT_FAILURE_REPEAT), Some(Report::Recovered(101)));
+        assert_eq!(health.note(true, t0 + EXPORT_FAILURE_REPEAT), None);
+        assert_eq!(health.note(false, t0 + EXPORT_FAILURE_REPEAT), Some(Report::Failing(1)), "a new outage is said at once");
     }
 
     #[test]
