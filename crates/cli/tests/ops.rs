@@ -338,66 +338,6 @@ async fn the_gateways_broker_gauge_follows_redis_down_and_back() {
     .await;
 }
 
-/// nginx (Debian's package) running the project's `deploy/nginx/nginx.conf`,
-/// its upstreams pointed at `gateways`, stopped when dropped.
-struct Nginx {
-    child: std::process::Child,
-    port: u16,
-    _prefix: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn start(gateways: &[u16], publisher: u16) -> Self {
-        let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx/nginx.conf")).unwrap();
-        let port = tidings_testkit::free_port();
-        let [a, b] = gateways else { panic!("two gateways") };
-        let rewrites = [
-            ("server gateway-1:8080", format!("server 127.0.0.1:{a}")),
-            ("server gateway-2:8080", format!("server 127.0.0.1:{b}")),
-            ("server publisher:8090", format!("server 127.0.0.1:{publisher}")),
-            ("listen 8080;", format!("listen 127.0.0.1:{port};")),
-        ];
-        let mut conf = conf;
-        for (from, to) in rewrites {
-            assert_eq!(conf.matches(from).count(), 1, "deploy/nginx/nginx.conf has one `{from}`");
-            conf = conf.replace(from, &to);
-        }
-        let prefix = tempfile::tempdir().unwrap();
-        // nginx's workers drop root; they must reach the temp paths under the prefix.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(prefix.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let conf_path = prefix.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = std::process::Command::new("nginx")
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nginx (Debian's package; scripts/test installs it)");
-        let nginx = Self { child, port, _prefix: prefix };
-        let ready = format!("http://127.0.0.1:{port}/readyz");
-        wait_for("nginx forwarding /readyz", WAIT, || tidings_testkit::http_status(&ready) == Some(200));
-        nginx
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: the master takes its workers down with it.
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-fn sigterm(process: &ServerProcess) {
-    let status = std::process::Command::new("kill").args(["-TERM", &process.child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn clients_behind_nginx_move_to_the_other_gateway_when_one_drains_and_lose_nothing() {
     use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
@@ -411,7 +351,7 @@ async fn clients_behind_nginx_move_to_the_other_gateway_when_one_drains_and_lose
     let drained = start("tidings-gateway", &redis, &named("gw-a"), &logs.path().join("a.log"));
     let other = start("tidings-gateway", &redis, &named("gw-b"), &logs.path().join("b.log"));
     let ports = [drained.port, other.port];
-    let nginx = Nginx::start(&ports, tidings_testkit::free_port());
+    let nginx = tidings_testkit::Nginx::start(&ports, tidings_testkit::free_port());
 
     let config = || ClientConfig {
         backoff: Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(500), max_attempts: None },
@@ -467,7 +407,7 @@ async fn clients_behind_nginx_move_to_the_other_gateway_when_one_drains_and_lose
         received.load(std::sync::atomic::Ordering::Relaxed) >= CLIENTS * EVENTS as usize / 4
     })
     .await;
-    sigterm(&drained);
+    tidings_testkit::signal(drained.child.id(), "TERM");
     for state in &mut states {
         state.wait_for(|s| matches!(s, ConnectionState::Connected { server, .. } if server == "gw-b")).await.unwrap();
     }

@@ -39,6 +39,11 @@ const HISTORY_DEFAULT_LIMIT: usize = 100;
 const HISTORY_MAX_LIMIT: usize = 1000;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a client closed 4009 gets to read its `lagged` and the close
+/// frame: it stopped reading, so they wait behind what already fills its
+/// socket; a client that was only frozen for a while (a background tab)
+/// still learns why it was cut off. Its queue is already freed meanwhile.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// The longest timer armed for a token's `exp`: an absurd `exp` (year 9999,
 /// `u64::MAX`) must not overflow `Instant`, and no connection lives this long.
 const MAX_TOKEN_TIMER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
@@ -276,8 +281,9 @@ async fn first_message_auth(
 }
 
 async fn send_close(sink: &mut Sink, code: u16, reason: impl Into<Utf8Bytes>) {
+    let grace = if code == close::TOO_SLOW { SLOW_CLOSE_GRACE } else { CLOSE_GRACE };
     let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-    let _ = timeout(CLOSE_GRACE, sink.send(frame)).await;
+    let _ = timeout(grace, sink.send(frame)).await;
 }
 
 async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: Setup, joined: Joined) {
@@ -712,7 +718,7 @@ async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batc
             let dropped = conn.outbox.dropped_pending();
             if code == close::TOO_SLOW && dropped > 0 {
                 // What it lost, for a client that reads again before the close.
-                let _ = timeout(CLOSE_GRACE, sink.send(Message::Text(ServerMessage::Lagged { dropped }.to_json().into()))).await;
+                let _ = timeout(SLOW_CLOSE_GRACE, sink.send(Message::Text(ServerMessage::Lagged { dropped }.to_json().into()))).await;
             }
             send_close(&mut sink, code, reason).await;
             break;

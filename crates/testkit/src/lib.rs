@@ -90,6 +90,20 @@ impl TestRedis {
         redis_cli(self.port, args)
     }
 
+    /// The server's process id (for SIGSTOP/SIGCONT), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts it again on the same port, with nothing of what it held: a
+    /// server replaced by an empty one, whatever its persistence.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let fresh = tempfile::tempdir().expect("temp dir");
+        self.dir = fresh;
+        self.spawn();
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -382,5 +396,69 @@ where
         }
         assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `signal` (`TERM`, `STOP`, `CONT`, …) to a process, with `kill(1)`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill(1)");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// nginx (Debian's package) running the project's `deploy/nginx/nginx.conf`
+/// on a free port, its upstreams pointed at local gateways and a publisher;
+/// stopped when dropped.
+#[derive(Debug)]
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    _prefix: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(gateways: &[u16], publisher: u16) -> Self {
+        let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx/nginx.conf"))
+            .expect("deploy/nginx/nginx.conf");
+        let port = free_port();
+        let [a, b] = gateways else { panic!("deploy/nginx/nginx.conf balances two gateways") };
+        let rewrites = [
+            ("server gateway-1:8080", format!("server 127.0.0.1:{a}")),
+            ("server gateway-2:8080", format!("server 127.0.0.1:{b}")),
+            ("server publisher:8090", format!("server 127.0.0.1:{publisher}")),
+            ("listen 8080;", format!("listen 127.0.0.1:{port};")),
+        ];
+        let mut conf = conf;
+        for (from, to) in rewrites {
+            assert_eq!(conf.matches(from).count(), 1, "deploy/nginx/nginx.conf has one `{from}`");
+            conf = conf.replace(from, &to);
+        }
+        let prefix = tempfile::tempdir().expect("temp dir");
+        // nginx's workers drop root; they must reach the temp paths under the prefix.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(prefix.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let conf_path = prefix.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian's package; scripts/test installs it)");
+        let nginx = Self { child, port, _prefix: prefix };
+        let ready = format!("http://127.0.0.1:{port}/healthz");
+        wait_for("nginx forwarding /healthz", START_DEADLINE, || http_status(&ready) == Some(200));
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master takes its workers down with it.
+        signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
     }
 }

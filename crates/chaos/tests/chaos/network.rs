@@ -1,0 +1,81 @@
+//! Network faults between the gateways and Redis (scenario 9), through a TCP
+//! proxy in the test: a stall (nothing moves, sockets stay open), a cut (FIN)
+//! and a reset (RST). Each gateway notices within its probe period,
+//! reconnects, and replays what was published meanwhile (straight to Redis).
+
+use std::time::{Duration, Instant};
+
+use tidings_chaos::proxy::{Cut, Mode, TcpProxy};
+use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, stream_ids};
+use tidings_testkit::{TestRedis, eventually};
+
+/// `tidings_broker_connected` of a gateway (None while it does not answer).
+async fn broker_connected(base: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix("tidings_broker_connected ")?.trim().parse().ok())
+}
+
+async fn both(stack: &Stack, value: f64, what: &str) -> Duration {
+    let started = Instant::now();
+    let until = started + WAIT;
+    loop {
+        let (a, b) = (broker_connected(&stack.gateway_url(0)).await, broker_connected(&stack.gateway_url(1)).await);
+        if a == Some(value) && b == Some(value) {
+            return started.elapsed();
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}: {a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn flowing(recorders: &[Recorder], n: usize) {
+    let base: Vec<usize> = recorders.iter().map(Recorder::count).collect();
+    eventually("events flowing to every client", WAIT, || recorders.iter().zip(&base).all(|(r, b)| r.count() >= b + n)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_stalls_cuts_and_resets_between_gateway_and_redis_are_noticed_and_repaired() {
+    const CLIENTS: usize = 4;
+    let redis = TestRedis::start();
+    let proxy = TcpProxy::start(redis.port).await;
+    let stack = Stack::start_via(redis, proxy.url());
+    let mut recorders = Vec::new();
+    for _ in 0..CLIENTS {
+        recorders.push(Recorder::start(client(&stack.lb_ws(), "s9")).await);
+    }
+    both(&stack, 1.0, "pub/sub up").await;
+    let publishing = Publishing::start(&stack.redis.url(), "s9", Duration::from_millis(5));
+    flowing(&recorders, 50).await;
+
+    proxy.set(Mode::Stall);
+    let noticed = both(&stack, 0.0, "the stall noticed").await;
+    eprintln!("s9: stall noticed after {noticed:?}");
+    // The probe pings every 5 s and gives a ping 3 s; a loaded machine may add a little.
+    assert!(noticed < Duration::from_secs(12), "a stalled connection is noticed within the probe period: {noticed:?}");
+    proxy.set(Mode::Forward);
+    let back = both(&stack, 1.0, "reconnected after the stall").await;
+    eprintln!("s9: reconnected {back:?} after the stall ended");
+    flowing(&recorders, 50).await;
+
+    for how in [Cut::Close, Cut::Reset] {
+        let accepted = proxy.accepted();
+        proxy.cut(how);
+        eventually("the gateways dialled again", WAIT, || proxy.accepted() >= accepted + 2).await;
+        both(&stack, 1.0, "reconnected after the cut").await;
+        flowing(&recorders, 50).await;
+    }
+    publishing.stop().await;
+    let published = stream_ids(&stack.redis, "s9");
+    for (i, recorder) in recorders.into_iter().enumerate() {
+        recorder.wait_for_all(&published).await;
+        let seen = recorder.close().await;
+        assert_exactly(&seen, &published, &format!("client {i}"));
+        assert!(
+            seen.outages.is_empty(),
+            "client {i}: the gateway kept its clients through the Redis faults: {:?}\n{:#?}",
+            seen.states,
+            stack.warnings()
+        );
+    }
+    eprintln!("s9: {} events, {CLIENTS} clients, 0 lost, 0 duplicates across a stall, a cut and a reset", published.len());
+}
