@@ -1660,6 +1660,8 @@ class Soak:
             self.say(f"{a.conns} clients connected over {a.workspaces} workspaces "
                      f"({sum(1 for c in self.clients if c.server and c.server.startswith('gw1'))} on gw1)")
             self.load_started = now()
+            for c in self.clients:
+                c.last_live_epoch = c.epoch  # a live gap after a reconnect is explained, even before the first live event
             self.timeline("load", conns=a.conns)
             load = [asyncio.create_task(self.http_publisher(w)) for w in range(a.workspaces)]
             load += [asyncio.create_task(self.lua_publisher()), asyncio.create_task(self.live_publisher()),
@@ -2310,8 +2312,8 @@ def print_summary(s, out):
     p(f"  Redis pub/sub clients outside faults (count: samples): {m.get('pubsub_clients_outside_faults')}; "
       f"broker_connected=0 outside faults: {m.get('broker_disconnected_samples_outside_faults') or 'never'}; "
       f"dropped {m.get('dropped')}")
-    p(f"  gateways' messages_delivered_total increase {m.get('delivered_by_gateways', 0):.0f} vs events the clients "
-      f"received {m.get('clients_received_frames_events', 0)}")
+    p(f"  gateways' messages_delivered_total increase (between first and last sample of each process) "
+      f"{m.get('delivered_by_gateways', 0):.0f}; events the clients received {m.get('clients_received_frames_events', 0)}")
     p("")
     if s["failures"]:
         p("FAILURES")

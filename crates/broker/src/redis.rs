@@ -785,9 +785,29 @@ async fn cluster_pubsub_loop(
     mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
     shared: std::sync::Weak<Shared>,
 ) {
+    let mut confirmed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let Some(topology) = cluster_connect(&client, &shared).await else { return };
+        if !cluster_read_pushes(&mut pushes, &shared, &mut confirmed, topology).await {
+            return;
+        }
+        // The topology changed under us: open a new connection from a fresh slot map.
+        if let Some(state) = shared.upgrade() {
+            state.set_connected(false);
+            let mut guard = state.pubsub.lock().await;
+            guard.sink = None;
+            guard.subscribed.clear();
+        }
+    }
+}
+
+/// Connects, subscribes revocations and every workspace the handler reads,
+/// and returns the slot owners it subscribed under (`None`: the broker is gone).
+async fn cluster_connect(client: &redis::cluster::ClusterClient, shared: &std::sync::Weak<Shared>) -> Option<Vec<(i64, i64, i64)>> {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let Some(state) = shared.upgrade() else { return };
+        let state = shared.upgrade()?;
+        let topology = slot_owners(&state).await.unwrap_or_default();
         match timeout(COMMAND_TIMEOUT, client.get_async_connection()).await {
             Ok(Ok(conn)) => {
                 let mut sink = Subscriber::Cluster(conn);
@@ -823,7 +843,7 @@ async fn cluster_pubsub_loop(
                     state.set_connected(true);
                     drop(guard);
                     tracing::info!("redis cluster pub/sub connected");
-                    break;
+                    return Some(topology);
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, retry_in = ?backoff, "redis cluster connect failed"),
@@ -833,9 +853,53 @@ async fn cluster_pubsub_loop(
         tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-    let mut confirmed: std::collections::HashSet<String> = std::collections::HashSet::new();
-    while let Some(push) = pushes.recv().await {
-        let Some(state) = shared.upgrade() else { return };
+}
+
+/// Who serves each slot range: `(start, end, master port)`, from CLUSTER SLOTS.
+async fn slot_owners(state: &Shared) -> Result<Vec<(i64, i64, i64)>, BrokerError> {
+    let slots: Vec<redis::Value> = state.commands.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
+    let mut owners: Vec<(i64, i64, i64)> = slots
+        .iter()
+        .filter_map(|range| {
+            let redis::Value::Array(fields) = range else { return None };
+            let start = redis::from_redis_value_ref::<i64>(fields.first()?).ok()?;
+            let end = redis::from_redis_value_ref::<i64>(fields.get(1)?).ok()?;
+            let redis::Value::Array(master) = fields.get(2)? else { return None };
+            let port = redis::from_redis_value_ref::<i64>(master.get(1)?).ok()?;
+            Some((start, end, port))
+        })
+        .collect();
+    owners.sort_unstable();
+    Ok(owners)
+}
+
+/// Handles pushes until the cluster's slot owners differ from `topology`
+/// (a master died and its replica took over, which the connection does not
+/// follow by itself: it keeps dialling the dead node); `false` when the broker is gone.
+async fn cluster_read_pushes(
+    pushes: &mut tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    shared: &std::sync::Weak<Shared>,
+    confirmed: &mut std::collections::HashSet<String>,
+    topology: Vec<(i64, i64, i64)>,
+) -> bool {
+    let Some(probe_every) = shared.upgrade().map(|s| s.pubsub_probe) else { return false };
+    let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + probe_every, probe_every);
+    loop {
+        let push = tokio::select! {
+            push = pushes.recv() => push,
+            _ = probe.tick() => {
+                let Some(state) = shared.upgrade() else { return false };
+                match slot_owners(&state).await {
+                    Ok(now) if !now.is_empty() && now != topology => {
+                        tracing::warn!("redis cluster topology changed; re-opening pub/sub");
+                        return true;
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        let Some(push) = push else { return false };
+        let Some(state) = shared.upgrade() else { return false };
         let channel = push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
         match push.kind {
             redis::PushKind::SMessage | redis::PushKind::Message => {

@@ -335,6 +335,13 @@ impl Recorder {
     }
 }
 
+/// Waits until every recorder has seen `n` more events than it has now.
+pub async fn flowing(recorders: &[Recorder], n: usize) {
+    let base: Vec<usize> = recorders.iter().map(Recorder::count).collect();
+    tidings_testkit::eventually("events flowing to every client", WAIT, || recorders.iter().zip(&base).all(|(r, b)| r.count() >= b + n))
+        .await;
+}
+
 /// How long ago an RFC 3339 timestamp was.
 fn age(timestamp: &str) -> Option<Duration> {
     let at = tidings_protocol::timestamp::parse_rfc3339(timestamp)?;
@@ -354,6 +361,12 @@ impl Publishing {
         Self::spawn(redis_url, workspace, every, true, 0)
     }
 
+    /// Durable events on a Redis Cluster (`seeds`: comma-separated node URLs).
+    pub fn on_cluster(seeds: &str, workspace: &str, every: Duration) -> Self {
+        let config = RedisConfig::new(seeds.to_string(), 100_000).with_cluster(true);
+        Self::spawn_on(config, workspace, every, true, 0)
+    }
+
     /// Durable events with `pad` bytes of filler in their data.
     pub fn padded(redis_url: &str, workspace: &str, every: Duration, pad: usize) -> Self {
         Self::spawn(redis_url, workspace, every, true, pad)
@@ -365,7 +378,11 @@ impl Publishing {
     }
 
     fn spawn(redis_url: &str, workspace: &str, every: Duration, durable: bool, pad: usize) -> Self {
-        let broker = RedisBroker::connect(RedisConfig::new(redis_url.to_string(), 100_000), Arc::new(PublishOnly)).unwrap();
+        Self::spawn_on(RedisConfig::new(redis_url.to_string(), 100_000), workspace, every, durable, pad)
+    }
+
+    fn spawn_on(config: RedisConfig, workspace: &str, every: Duration, durable: bool, pad: usize) -> Self {
+        let broker = RedisBroker::connect(config, Arc::new(PublishOnly)).unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let workspace = workspace.to_string();
         let stopping = stop.clone();
@@ -400,7 +417,16 @@ impl Publishing {
 /// publishers were told (a publish that timed out may still have landed).
 pub fn stream_ids(redis: &TestRedis, workspace: &str) -> Vec<EventId> {
     let key = tidings_protocol::keys::WorkspaceKeys::new(workspace, false).events;
-    let out = redis.cli(&["XRANGE", &key, "-", "+"]);
+    parse_xrange(&redis.cli(&["XRANGE", &key, "-", "+"]))
+}
+
+/// [`stream_ids`] on a Redis Cluster.
+pub fn cluster_stream_ids(cluster: &tidings_testkit::TestCluster, workspace: &str) -> Vec<EventId> {
+    let key = tidings_protocol::keys::WorkspaceKeys::new(workspace, true).events;
+    parse_xrange(&cluster.cli(&["XRANGE", &key, "-", "+"]))
+}
+
+fn parse_xrange(out: &str) -> Vec<EventId> {
     // redis-cli prints an entry as its id line, then field and value lines.
     out.lines().filter_map(|l| l.trim().parse::<EventId>().ok()).collect()
 }

@@ -169,6 +169,11 @@ impl TestCluster {
                     "1000",
                     "--cluster-allow-pubsubshard-when-down",
                     "yes",
+                    // An idle replica hears from its master only every
+                    // repl-ping-replica-period (10 s): with a 1 s node timeout
+                    // the default factor would refuse to promote it after a crash.
+                    "--cluster-replica-validity-factor",
+                    "0",
                 ])
             })
             .collect();
@@ -194,7 +199,7 @@ impl TestCluster {
 
     /// Waits until every node sees the cluster as `ok` and the replicas are in sync.
     pub fn wait_healthy(&self) {
-        for node in &self.nodes {
+        for node in self.live() {
             let port = node.port;
             wait_for("cluster_state:ok", START_DEADLINE, || redis_cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
         }
@@ -202,7 +207,7 @@ impl TestCluster {
         // failover or slot move left anywhere).
         let until = Instant::now() + START_DEADLINE;
         loop {
-            let views: Vec<String> = self.nodes.iter().map(|n| redis_cli(n.port, &["CLUSTER", "SLOTS"])).collect();
+            let views: Vec<String> = self.live().map(|n| redis_cli(n.port, &["CLUSTER", "SLOTS"])).collect();
             let normalized: Vec<Vec<String>> = views.iter().map(|v| slot_owners(v)).collect();
             if normalized.windows(2).all(|w| w[0] == w[1]) && !normalized[0].is_empty() {
                 return;
@@ -218,7 +223,25 @@ impl TestCluster {
     }
 
     pub fn any_port(&self) -> u16 {
-        self.nodes[0].port
+        self.live().next().expect("a live node").port
+    }
+
+    /// The nodes that run (not killed).
+    fn live(&self) -> impl Iterator<Item = &TestRedis> {
+        self.nodes.iter().filter(|n| n.pid().is_some())
+    }
+
+    /// SIGKILLs the master at `master_port`, as a crash would (no `CLUSTER
+    /// FAILOVER`), and waits until the cluster promoted its replica and
+    /// serves again; returns the new master's port.
+    pub fn kill_master(&mut self, master_port: u16) -> u16 {
+        let topology = self.topology();
+        let master_id = topology.iter().find(|n| n.1 == master_port).map(|n| n.0.clone()).expect("master known");
+        let replica = topology.iter().find(|n| !n.2 && n.3 == master_id).map(|n| n.1).expect("the master has a replica");
+        self.nodes.iter_mut().find(|n| n.port == master_port).expect("a node of this cluster").kill();
+        wait_for("the replica to promote itself", START_DEADLINE, || redis_cli(replica, &["ROLE"]).starts_with("master"));
+        self.wait_healthy();
+        replica
     }
 
     /// `redis-cli -c` against any node (follows redirects).

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, percentile, stream_ids};
+use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, flowing, percentile, stream_ids};
 use tidings_testkit::{TestRedis, eventually};
 
 const CLIENTS: usize = 8;
@@ -14,12 +14,6 @@ async fn recorders(stack: &Stack, workspace: &str) -> Vec<Recorder> {
         recorders.push(Recorder::start(client(&stack.lb_ws(), workspace)).await);
     }
     recorders
-}
-
-/// Waits until every client has seen `n` more events than it has now.
-async fn flowing(recorders: &[Recorder], n: usize) {
-    let base: Vec<usize> = recorders.iter().map(Recorder::count).collect();
-    eventually("events flowing to every client", WAIT, || recorders.iter().zip(&base).all(|(r, b)| r.count() >= b + n)).await;
 }
 
 /// Every client saw exactly the stream; prints and returns the outages' p50/p99.

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use tidings_chaos::proxy::{Cut, Mode, TcpProxy};
-use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, stream_ids};
+use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, flowing, stream_ids};
 use tidings_testkit::{TestRedis, eventually};
 
 /// `tidings_broker_connected` of a gateway (None while it does not answer).
@@ -26,11 +26,6 @@ async fn both(stack: &Stack, value: f64, what: &str) -> Duration {
         assert!(Instant::now() < until, "timed out waiting for {what}: {a:?} {b:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn flowing(recorders: &[Recorder], n: usize) {
-    let base: Vec<usize> = recorders.iter().map(Recorder::count).collect();
-    eventually("events flowing to every client", WAIT, || recorders.iter().zip(&base).all(|(r, b)| r.count() >= b + n)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

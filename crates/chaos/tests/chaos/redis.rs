@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, stream_ids};
+use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, flowing, stream_ids};
 use tidings_testkit::{TestRedis, eventually, http_status, signal};
 
 const CLIENTS: usize = 4;
@@ -16,11 +16,6 @@ async fn recorders(stack: &Stack, workspace: &str) -> Vec<Recorder> {
         recorders.push(Recorder::start(client(&stack.lb_ws(), workspace)).await);
     }
     recorders
-}
-
-async fn flowing(recorders: &[Recorder], n: usize) {
-    let base: Vec<usize> = recorders.iter().map(Recorder::count).collect();
-    eventually("events flowing to every client", WAIT, || recorders.iter().zip(&base).all(|(r, b)| r.count() >= b + n)).await;
 }
 
 /// Waits until `/readyz` of the gateways and the publisher answers `status`.
