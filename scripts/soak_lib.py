@@ -1005,6 +1005,11 @@ class Soak:
         if len(self.dups) < 1000:
             self.dups.append({"client": client.index, "ws": client.ws, "src": src, "seq": seq, "at": now()})
 
+    def note_tmp(self, path):
+        # for scripts/soak to remove, should the driver die before it does
+        with open(os.path.join(self.out, "tmpdirs"), "a") as f:
+            f.write(path + "\n")
+
     def record_pid(self, proc):
         # pid, name and start time (so a reused pid is never mistaken for ours)
         try:
@@ -1030,6 +1035,7 @@ class Soak:
         self.redis_port = free_port()
         self.redis_dir = tempfile.mkdtemp(prefix="tidings-soak-redis-")
         self.tmp.append(self.redis_dir)
+        self.note_tmp(self.redis_dir)
         self.procs["redis"] = Proc(self, "redis", [
             "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.redis_dir,
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
@@ -1065,6 +1071,7 @@ class Soak:
         prefix = tempfile.mkdtemp(prefix="tidings-soak-nginx-")
         os.chmod(prefix, 0o755)  # the workers drop root and need the temp paths
         self.tmp.append(prefix)
+        self.note_tmp(prefix)
         conf_path = os.path.join(prefix, "nginx.conf")
         with open(conf_path, "w") as f:
             f.write(conf)
@@ -1622,7 +1629,7 @@ class Soak:
         a = self.args
         os.makedirs(self.out, exist_ok=True)
         for old in glob.glob(os.path.join(self.out, "*.log")) + [os.path.join(self.out, x) for x in (
-                "samples.csv", "timeline.jsonl", "summary.json", "pids", "gaps.jsonl")]:
+                "samples.csv", "timeline.jsonl", "summary.json", "pids", "gaps.jsonl", "tmpdirs")]:
             if os.path.exists(old):
                 os.remove(old)
         self.run_id = f"{int(now())}-{os.getpid()}"
@@ -2258,7 +2265,7 @@ def print_summary(s, out):
     p = print
     p("")
     p("=" * 78)
-    p(f"soak: {s['result']}   ({s['duration_s']:.0f} s of load{', interrupted' if s['interrupted'] else ''})")
+    p(f"soak: {s['result']}   ({s['duration_s']:.0f} s of load{'; INTERRUPTED: partial figures' if s['interrupted'] else ''})")
     p("=" * 78)
     d = s["delivery"]
     p("delivery (per client, after de-duplication by id)")

@@ -30,8 +30,13 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A token for `workspace`.
 pub fn token(workspace: &str) -> String {
+    token_as(workspace, &format!("chaos-{workspace}"))
+}
+
+/// A token for `workspace` naming user `sub` (each user has a connection cap per gateway).
+pub fn token_as(workspace: &str, sub: &str) -> String {
     let claims = Claims {
-        sub: format!("chaos-{workspace}"),
+        sub: sub.to_string(),
         exp: unix_now() + 3600,
         nbf: None,
         iat: None,
@@ -194,7 +199,10 @@ pub fn client(url: &str, workspace: &str) -> Client {
         backoff: Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(1), max_attempts: None },
         ..ClientConfig::new(url, workspace)
     };
-    Client::connect(config, static_token(token(workspace)))
+    // A user each, as browsers are: one user is capped per gateway.
+    static USERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let user = USERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Client::connect(config, static_token(token_as(workspace, &format!("chaos-user-{user}"))))
 }
 
 /// What one client's application saw.
