@@ -899,7 +899,8 @@ class Client:
                 soak.connected_count -= 1
                 self.down_since = now()
                 self.down_reason = "voluntary" if self.voluntary else (proto.close_code or "dropped")
-                soak.close_codes[str(self.down_reason)] = soak.close_codes.get(str(self.down_reason), 0) + 1
+                if not self.stopping:
+                    soak.close_codes[str(self.down_reason)] = soak.close_codes.get(str(self.down_reason), 0) + 1
             self.awaiting_pong = None
             self.proto = None
             if not proto.closed.done():
@@ -2500,9 +2501,9 @@ def parse_args(argv):
     p.add_argument("--sample-secs", type=float, default=5.0)
     p.add_argument("--progress-secs", type=float, default=30.0)
     p.add_argument("--warmup-secs", type=float, default=None, help="start of each process series left out of the leak fit "
-                   "(default 120, less for short runs)")
-    p.add_argument("--min-steady-secs", type=float, default=None, help="least steady time for a leak verdict "
-                   "(default 300, less for short runs)")
+                   "(default 120; 60 for runs under 30 min)")
+    p.add_argument("--min-steady-secs", type=float, default=None, help="least steady time of a series for a leak verdict, "
+                   "else n/a (default 300; 120 for runs under 30 min)")
     p.add_argument("--max-rss-slope", type=float, default=1.0, help="MiB per 10 min (default 1.0)")
     p.add_argument("--max-fd-slope", type=float, default=1.0, help="descriptors per 10 min (default 1.0)")
     p.add_argument("--max-thread-slope", type=float, default=1.0, help="threads per 10 min (default 1.0)")
@@ -2530,10 +2531,12 @@ def parse_args(argv):
         a.drain_secs = 30 if not short else 8
     if a.settle_secs is None:
         a.settle_secs = 30.0 if not short else 10.0
+    # A slope over less than two minutes of steady samples says nothing (allocator
+    # warm-up alone moves RSS by MiBs): short trials mostly report n/a.
     if a.warmup_secs is None:
-        a.warmup_secs = 120.0 if not short else min(120.0, a.minutes * 60 / 6)
+        a.warmup_secs = 120.0 if not short else 60.0
     if a.min_steady_secs is None:
-        a.min_steady_secs = 300.0 if not short else min(300.0, a.minutes * 60 / 4)
+        a.min_steady_secs = 300.0 if not short else 120.0
     a.faults = FAULTS_ALL if a.faults == "all" else tuple(x.strip() for x in a.faults.split(",") if x.strip())
     for f in a.faults:
         if f not in FAULTS_ALL:
