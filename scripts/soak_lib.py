@@ -31,6 +31,38 @@ nginx next to the Tidings binaries.
   verdicts    delivery accounting (lost, duplicates, recovery times), leak
               slopes, repeating WARN/ERROR lines, summary table and JSON
 
+Verdicts (exit 1 on any):
+  delivery    a durable event lost by a client, a duplicate delivered to the
+              application (same src/seq under a new id), recovered:false, a
+              live-only event lost outside a fault window and outside that
+              client's own reconnect, a redelivered webhook published again
+  recovery    a fault not healed and caught up (every client holding an event
+              published after the heal) within --recovery-limit, or caught up
+              more than --max-recovery-secs (15 s) after the heal
+  leaks       per process series (a restart starts a new one), over the steady
+              samples (after --warmup-secs, outside every fault window):
+              RSS   pooled within-segment slope (each steady stretch keeps its
+                    own level, so clients moved by a fault, or the Redis pool
+                    growing, are level shifts, not trends) > 1 MiB / 10 min;
+              fds   beside the clients' sockets and the Redis pool, overall
+                    slope > 1 / 10 min; the pool itself above its cap (34)
+              threads overall slope > 1 / 10 min
+              and in each case the slope at least 3 standard errors above 0.
+              Why these: 1 MiB / 10 min is 6 MiB an hour, a third of a
+              gateway's ~16-25 MiB here, and would take a 1 GiB pod down
+              within a week; the current code measures +0.4-0.8 over its first
+              minutes and ~0 after. Descriptors and threads are counts: any
+              sustained growth beside the clients is a leak, 1 / 10 min allows
+              transient sockets. Fewer than --min-steady-secs of steady samples
+              give no verdict (n/a), so short trials mostly say n/a.
+  logs        a WARN/ERROR line (or nginx 5xx, or a non-JSON line such as a
+              panic) that repeats outside the windows of the faults that reach
+              that process; an ERROR outside them even once
+  metrics     tidings_broker_reconnects_total rising, or
+              tidings_broker_connected 0, outside fault windows; more than 3
+              Redis pub/sub clients outside them; events dropped as invalid;
+              a process exiting unexpectedly (it is restarted and reported)
+
 Every event the soak publishes carries (src, seq) per workspace, so each
 client checks for gaps and duplicates per source in O(1) memory. A publish
 whose outcome is unknown (a timeout, a 5xx) is never retried blindly: its

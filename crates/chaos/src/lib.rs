@@ -28,6 +28,20 @@ pub const ARGOCD_TOKEN: &str = "chaos-argocd-token";
 pub const DRAIN: Duration = Duration::from_secs(2);
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Scenarios run two at a time; one that measures latency runs alone
+/// ([`alone`]), the others share ([`shared`]), so its figure is its own.
+static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held for a scenario's length: it may run beside others.
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    QUIET.read().await
+}
+
+/// Held for a scenario's length: nothing else runs meanwhile.
+pub async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    QUIET.write().await
+}
+
 /// A token for `workspace`.
 pub fn token(workspace: &str) -> String {
     token_as(workspace, &format!("chaos-{workspace}"))

@@ -10,6 +10,7 @@ use tidings_testkit::{ServerProcess, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4_a_cluster_master_killed_and_its_replica_promoted_loses_nothing() {
+    let _quiet = tidings_chaos::shared().await;
     const CLIENTS: usize = 4;
     let mut cluster = TestCluster::start(3, 1);
     let env = |name: &str| {

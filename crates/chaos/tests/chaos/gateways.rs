@@ -34,6 +34,7 @@ async fn settle(stack: &Stack, recorders: Vec<Recorder>, workspace: &str, scenar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s1_a_gateway_killed_under_load_costs_its_clients_a_reconnect_and_nothing_else() {
+    let _quiet = tidings_chaos::shared().await;
     let mut stack = Stack::start(TestRedis::start());
     let recorders = recorders(&stack, "s1").await;
     let spread: std::collections::BTreeSet<String> = recorders.iter().filter_map(|r| r.seen().servers.last().cloned()).collect();
@@ -58,6 +59,7 @@ async fn s1_a_gateway_killed_under_load_costs_its_clients_a_reconnect_and_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_a_rolling_restart_with_sigterm_moves_every_client_and_loses_nothing() {
+    let _quiet = tidings_chaos::shared().await;
     let mut stack = Stack::start(TestRedis::start());
     let recorders = recorders(&stack, "s2").await;
     let publishing = Publishing::start(&stack.redis.url(), "s2", Duration::from_millis(5));
@@ -79,6 +81,8 @@ async fn s2_a_rolling_restart_with_sigterm_moves_every_client_and_loses_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_a_reconnect_storm_after_a_drain_brings_every_client_back_with_nothing_lost() {
+    // Two thousand clients take both cores: nothing else runs meanwhile.
+    let _quiet = tidings_chaos::alone().await;
     // Scaled for CI on two cores: the drained gateway's ~1,000 clients come
     // back at once through nginx (10,000 need more descriptors than nginx's
     // config here allows per worker; `scripts/soak` runs the larger shape).

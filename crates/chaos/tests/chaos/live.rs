@@ -9,6 +9,7 @@ use tidings_testkit::{TestRedis, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s8_a_minute_of_live_events_loses_none_on_one_pubsub_connection_per_gateway() {
+    let _quiet = tidings_chaos::shared().await;
     const CLIENTS: usize = 4;
     const MINUTE: Duration = Duration::from_secs(60);
     let stack = Stack::start(TestRedis::start());

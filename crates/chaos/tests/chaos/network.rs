@@ -30,6 +30,7 @@ async fn both(stack: &Stack, value: f64, what: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s9_stalls_cuts_and_resets_between_gateway_and_redis_are_noticed_and_repaired() {
+    let _quiet = tidings_chaos::shared().await;
     const CLIENTS: usize = 4;
     let redis = TestRedis::start();
     let proxy = TcpProxy::start(redis.port).await;

@@ -38,6 +38,7 @@ async fn send_until_answered(http: &reqwest::Client, url: &str, body: &[u8]) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s7_webhooks_retried_across_a_publisher_restart_are_published_exactly_once() {
+    let _quiet = tidings_chaos::shared().await;
     let mut stack = Stack::start(TestRedis::start());
     let recorder = Recorder::start(client(&stack.lb_ws(), "s7")).await;
     // Through nginx, as a real sender reaches it: 502 while the publisher is down.

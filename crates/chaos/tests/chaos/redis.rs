@@ -38,6 +38,7 @@ async fn every_client_saw_the_stream(stack: &Stack, recorders: Vec<Recorder>, wo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3a_redis_restarted_with_its_data_costs_nothing() {
+    let _quiet = tidings_chaos::shared().await;
     let redis = TestRedis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mut stack = Stack::start(redis);
     let recorders = recorders(&stack, "s3a").await;
@@ -54,6 +55,7 @@ async fn s3a_redis_restarted_with_its_data_costs_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3b_redis_unreachable_for_ten_seconds_costs_nothing() {
+    let _quiet = tidings_chaos::shared().await;
     let stack = Stack::start(TestRedis::start());
     let recorders = recorders(&stack, "s3b").await;
     let publishing = Publishing::start(&stack.redis.url(), "s3b", Duration::from_millis(5));
@@ -74,6 +76,7 @@ async fn s3b_redis_unreachable_for_ten_seconds_costs_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3c_redis_restarted_empty_tells_clients_they_cannot_recover_then_delivers_again() {
+    let _quiet = tidings_chaos::shared().await;
     let mut stack = Stack::start(TestRedis::start());
     let recorders = recorders(&stack, "s3c").await;
     let publishing = Publishing::start(&stack.redis.url(), "s3c", Duration::from_millis(5));

@@ -15,6 +15,7 @@ const PAD: usize = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s5_a_client_that_stops_reading_is_cut_off_without_hurting_its_neighbour() {
+    let _quiet = tidings_chaos::alone().await;
     let stack = Stack::start(TestRedis::start());
     let healthy = Recorder::start(client(&stack.gateway_ws(0), "s5")).await;
     let url = format!("{}/ws?token={}", stack.gateway_ws(0), token("s5"));
