@@ -17,15 +17,12 @@ async fn broker_connected(base: &str) -> Option<f64> {
 
 async fn both(stack: &Stack, value: f64, what: &str) -> Duration {
     let started = Instant::now();
-    let until = started + WAIT;
-    loop {
+    tidings_testkit::retry(what, WAIT, || async {
         let (a, b) = (broker_connected(&stack.gateway_url(0)).await, broker_connected(&stack.gateway_url(1)).await);
-        if a == Some(value) && b == Some(value) {
-            return started.elapsed();
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}: {a:?} {b:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (a == Some(value) && b == Some(value)).then_some(())
+    })
+    .await;
+    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
