@@ -42,6 +42,11 @@ pub async fn open(target: &TargetArgs, n: usize, workspaces: usize, first_index:
                 socket.send_text(b"40").await?;
                 loop {
                     first = socket.first_text().await?;
+                    if first == b"2" {
+                        // An Engine.IO ping (socketioxide sends its first at once): pong.
+                        socket.send_text(b"3").await?;
+                        continue;
+                    }
                     if !first.starts_with(b"40") {
                         break;
                     }

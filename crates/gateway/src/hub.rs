@@ -2,8 +2,9 @@
 //! fan-out of broker messages to them. It does no I/O and never waits on a client.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -41,6 +42,16 @@ pub struct Connection {
     /// A std mutex: read on every fan-out, changed by the client's own messages.
     pub filter: Mutex<Filter>,
     pub outbox: Outbox,
+    /// When the client last sent anything, on [`clock_ms`]: its reader marks
+    /// it, its writer's heartbeat tick reads it.
+    pub seen_ms: AtomicU64,
+}
+
+/// Milliseconds since this process first asked, on tokio's clock (so tests
+/// with paused time see it move as they advance).
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
+    EPOCH.get_or_init(tokio::time::Instant::now).elapsed().as_millis() as u64
 }
 
 impl Connection {
@@ -50,6 +61,16 @@ impl Connection {
 
     pub fn set_filter(&self, filter: Filter) {
         *self.filter.lock().unwrap_or_else(|p| p.into_inner()) = filter;
+    }
+
+    /// The client just showed a sign of life.
+    pub fn mark_seen(&self) {
+        self.seen_ms.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the client has been silent.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(clock_ms().saturating_sub(self.seen_ms.load(Ordering::Relaxed)))
     }
 
     fn wants(&self, event: &PreparedEvent) -> bool {

@@ -199,6 +199,7 @@ impl Node {
             transport,
             filter: std::sync::Mutex::new(filter),
             outbox: Outbox::new(self.config.client_queue_bytes),
+            seen_ms: AtomicU64::new(crate::hub::clock_ms()),
         })
     }
 

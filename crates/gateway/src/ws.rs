@@ -206,7 +206,7 @@ async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity
     let joined = match identity {
         Identity::Joined(joined) => *joined,
         Identity::Pending(slot) => {
-            let auth = first_message_auth(&node, &mut stream, setup.requested_workspace.as_deref(), slot);
+            let auth = Box::pin(first_message_auth(&node, &mut stream, setup.requested_workspace.as_deref(), slot));
             let refused = match AssertUnwindSafe(auth).catch_unwind().await {
                 Ok(Ok(identity)) => Ok(identity),
                 Ok(Err(refusal)) => Err(refusal),
@@ -225,7 +225,7 @@ async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity
                     return;
                 }
             };
-            match join(&node, &setup, access, admission).await {
+            match Box::pin(join(&node, &setup, access, admission)).await {
                 Ok(joined) => joined,
                 Err(e) => {
                     tracing::warn!(error = %e, "broker unavailable; refusing connection");
@@ -241,7 +241,25 @@ async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity
     span.record("connection_id", conn.connection_id.as_str());
     span.record("workspace_id", conn.workspace_id.as_str());
     span.record("user_id", conn.user_id.as_str());
-    run_connection(node, sink, stream, setup, joined).await;
+    let Joined { access, _admission, registration, replay } = joined;
+    let conn = registration.connection().clone();
+    let session = Box::new(Session {
+        limiter: TokenBucket::new(node.config.client_rate),
+        node,
+        conn,
+        claims: access.claims,
+        rate_strikes: 0,
+        refreshed_exp: None,
+        _registration: registration,
+        _admission,
+    });
+    let replay = replay.map(|replay| Box::new(Opening { replay, filter: setup.filter }));
+    // The session gets a task of its own, whose state is only what a live
+    // connection holds (everything large is boxed once, here). Awaiting it
+    // here instead would keep this task's larger state, and the upgrade's,
+    // for the connection's whole life: BENCHMARKS.md, idle memory.
+    let tasks = session.node.tasks.clone();
+    tasks.spawn(run_connection(session, sink, stream, setup.batch, replay).instrument(span));
 }
 
 /// Waits for `{"type":"auth","token":"…"}` within the auth timeout; `slot`
@@ -286,36 +304,54 @@ async fn send_close(sink: &mut Sink, code: u16, reason: impl Into<Utf8Bytes>) {
     let _ = timeout(grace, sink.send(frame)).await;
 }
 
-async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: Setup, joined: Joined) {
-    let Joined { access, _admission, registration, replay } = joined;
-    let conn = registration.connection().clone();
-    if node.is_draining() {
-        conn.outbox.close(close::DRAINING, "draining");
-    }
+/// The replay a connection asked for with `since`, and the filter it applies.
+struct Opening {
+    replay: Replay,
+    filter: Filter,
+}
 
+async fn run_connection(mut session: Box<Session>, sink: Sink, stream: Stream, batch: bool, opening: Option<Box<Opening>>) {
+    if session.node.is_draining() {
+        session.conn.outbox.close(close::DRAINING, "draining");
+    }
     let done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, setup.batch, done.clone()).in_current_span());
-    // The replay runs while the writer sends, so it waits for room instead of
-    // piling up; live events published meanwhile wait in the held lane.
-    if let Some(replay) = replay {
-        let keep = |e: &PreparedEvent| setup.filter.matches(&e.event_type, e.entity_ref.as_deref());
-        tokio::select! {
-            _ = done.cancelled() => {}
-            () = replay.run(&node, &conn, keep) => {}
-        }
-    }
-    let mut session = Session {
-        node: node.clone(),
-        conn: conn.clone(),
-        claims: access.claims,
-        limiter: TokenBucket::new(node.config.client_rate),
-        rate_strikes: 0,
-        refreshed_exp: None,
-    };
-    let ended = if done.is_cancelled() { ReadEnd::Done } else { read_loop(&mut session, &mut stream, &done).await };
+    // The writer and the reader are two futures of one task, polled together:
+    // an idle connection pays for one task, not two.
+    let (node, conn) = (session.node.clone(), session.conn.clone());
+    tokio::join!(write_loop(node, conn, sink, batch, done.clone()), read_side(&mut session, stream, opening, &done));
+    // The registration goes with the session, after the writer stopped.
+    drop(session);
+}
 
-    // Let the writer finish a close handshake it started, then let the peer
-    // answer it, so the close code reaches the client before the TCP close.
+/// The connection's reader: the replay asked for by `since` (while the writer
+/// sends it), then client messages until the connection ends, then the close
+/// handshake's tail.
+async fn read_side(session: &mut Session, mut stream: Stream, opening: Option<Box<Opening>>, done: &CancellationToken) {
+    // Boxed, here and below: cold paths whose futures are large would
+    // otherwise be part of every idle connection's task.
+    if let Some(opening) = opening {
+        // The replay runs while the writer sends, so it waits for room instead
+        // of piling up; live events published meanwhile wait in the held lane.
+        let Opening { replay, filter } = *opening;
+        let keep = |e: &PreparedEvent| filter.matches(&e.event_type, e.entity_ref.as_deref());
+        let (node, conn) = (&session.node, &session.conn);
+        Box::pin(async {
+            tokio::select! {
+                _ = done.cancelled() => {}
+                () = replay.run(node, conn, keep) => {}
+            }
+        })
+        .await;
+    }
+    let ended = if done.is_cancelled() { ReadEnd::Done } else { read_loop(session, &mut stream, done).await };
+    Box::pin(linger(ended, &mut stream, done)).await;
+    done.cancel();
+    tracing::debug!(?ended, "connection ended");
+}
+
+/// Lets the writer finish a close handshake it started, then lets the peer
+/// answer it, so the close code reaches the client before the TCP close.
+async fn linger(ended: ReadEnd, stream: &mut Stream, done: &CancellationToken) {
     if timeout(CLOSE_GRACE, done.cancelled()).await.is_ok() {
         if ended == ReadEnd::Unread {
             // Bytes of a refused frame may still be unread in the socket;
@@ -326,10 +362,6 @@ async fn run_connection(node: Arc<Node>, sink: Sink, mut stream: Stream, setup: 
             let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
         }
     }
-    done.cancel();
-    let _ = writer.await;
-    drop(registration);
-    tracing::debug!(?ended, "connection ended");
 }
 
 /// The reader's per-connection state.
@@ -341,6 +373,10 @@ struct Session {
     rate_strikes: u32,
     /// Set by a successful `auth` refresh: the new `exp` to arm.
     refreshed_exp: Option<u64>,
+    /// The connection's place in the hub and under the caps, for its life
+    /// (dropped in this order, as fields are).
+    _registration: Registration,
+    _admission: Admission,
 }
 
 /// How the reader stopped.
@@ -368,9 +404,6 @@ async fn read_loop(session: &mut Session, stream: &mut Stream, done: &Cancellati
 }
 
 async fn read_messages(session: &mut Session, stream: &mut Stream, done: &CancellationToken) -> ReadEnd {
-    let heartbeat = session.node.config.heartbeat;
-    let mut last_seen = Instant::now();
-    let mut liveness = tokio::time::interval(heartbeat / 2);
     let expiry = sleep(until_unix(session.claims.exp));
     tokio::pin!(expiry);
     loop {
@@ -380,15 +413,8 @@ async fn read_messages(session: &mut Session, stream: &mut Stream, done: &Cancel
                 session.conn.outbox.close(close::TOKEN_EXPIRED, "token expired");
                 return ReadEnd::Done;
             }
-            _ = liveness.tick() => {
-                if last_seen.elapsed() > heartbeat * 2 {
-                    tracing::debug!(connection_id = %session.conn.connection_id, "no sign of life for two heartbeats; dropping");
-                    done.cancel();
-                    return ReadEnd::Done;
-                }
-            }
             frame = stream.next() => {
-                last_seen = Instant::now();
+                session.conn.mark_seen();
                 match frame {
                     None => { done.cancel(); return ReadEnd::Done; }
                     Some(Err(e)) => {
@@ -410,7 +436,7 @@ async fn read_messages(session: &mut Session, stream: &mut Stream, done: &Cancel
                             Admit::Skip => continue,
                             Admit::Closing => return ReadEnd::Done,
                         }
-                        session.handle_text(&text).await;
+                        Box::pin(session.handle_text(&text)).await;
                         if let Some(new_exp) = session.refreshed_exp.take() {
                             expiry.as_mut().reset(Instant::now() + until_unix(new_exp));
                         }
@@ -645,8 +671,6 @@ const MAX_COALESCE: usize = 256;
 /// also what a connection that once saw a burst holds (64 KiB cost 54 KB per
 /// connection after a burst for no measurable CPU gain over 16 KiB).
 const WRITE_COALESCE_BYTES: usize = 16 * 1024;
-/// Capacity the writer's scratch lists keep between wake-ups.
-const KEPT_FRAMES: usize = 8;
 
 /// The connection's writer: pops what is queued, encodes nothing (event frames
 /// are shared, encoded once in the hub), and writes everything already waiting
@@ -654,8 +678,12 @@ const KEPT_FRAMES: usize = 8;
 /// event. Stalled writes are ended by the socket's write deadline
 /// ([`crate::deadline`]), so no timer is armed per send.
 async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batch: bool, done: CancellationToken) {
+    // One timer per connection, at half the heartbeat: every tick checks the
+    // client's liveness (the reader marks what it receives), every other
+    // tick sends the ping.
     let heartbeat = node.config.heartbeat;
-    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    let mut tick = tokio::time::interval_at(Instant::now() + heartbeat / 2, heartbeat / 2);
+    let mut odd_tick = false;
     // Resolved once: a label lookup per delivery is a hash and a lock.
     let delivered = node.metrics.messages_delivered.with_label_values(&[conn.transport.label()]);
     let mut frames: Vec<Message> = Vec::new();
@@ -663,12 +691,23 @@ async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: Sink, batc
     loop {
         frames.clear();
         events.clear();
-        // A burst grew these; an idle connection should not keep paying for it.
-        frames.shrink_to(KEPT_FRAMES);
-        events.shrink_to(KEPT_FRAMES);
+        // Freed before waiting: an idle connection holds no scratch space
+        // (one allocation per wake-up costs less than 1 % of a delivery).
+        frames.shrink_to(0);
+        events.shrink_to(0);
         let first = tokio::select! {
             _ = done.cancelled() => break,
-            _ = ping.tick() => None,
+            _ = tick.tick() => {
+                if conn.silent_for() > heartbeat * 2 {
+                    tracing::debug!(connection_id = %conn.connection_id, "no sign of life for two heartbeats; dropping");
+                    break;
+                }
+                odd_tick = !odd_tick;
+                if odd_tick {
+                    continue;
+                }
+                None
+            }
             item = conn.outbox.pop() => Some(item),
         };
         let mut close = None;

@@ -79,40 +79,58 @@ async fn s2_a_rolling_restart_with_sigterm_moves_every_client_and_loses_nothing(
     assert!(warnings.is_empty(), "a rolling restart is routine, not a warning: {warnings:#?}");
 }
 
+/// Clients in the storm: 1,000 in CI; `TIDINGS_CHAOS_STORM=10000` runs the
+/// issue's full shape (the test holds a descriptor per client, nginx two).
+fn storm_size() -> usize {
+    std::env::var("TIDINGS_CHAOS_STORM").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_a_reconnect_storm_after_a_drain_brings_every_client_back_with_nothing_lost() {
-    // Two thousand clients take both cores: nothing else runs meanwhile.
+    // A thousand clients take both cores: nothing else runs meanwhile.
     let _quiet = tidings_chaos::alone().await;
-    // Scaled for CI on two cores: the drained gateway's ~1,000 clients come
-    // back at once through nginx (10,000 need more descriptors than nginx's
-    // config here allows per worker; `scripts/soak` runs the larger shape).
-    const STORM: usize = 2_000;
+    let storm = storm_size();
     let mut stack = Stack::start(TestRedis::start());
+    // Every client joins through nginx while only gw-0 runs, so all of them
+    // are drained, and come back, at once.
+    stack.kill_gateway(1);
     let url = stack.lb_ws();
-    let joining: Vec<_> = (0..STORM).map(|_| tokio::spawn(Recorder::start(client(&url, "s6")))).collect();
+    let joining: Vec<_> = (0..storm).map(|_| tokio::spawn(Recorder::start(client(&url, "s6")))).collect();
     let mut recorders = Vec::new();
     for recorder in joining {
         recorders.push(recorder.await.unwrap());
     }
-    let on_drained = recorders.iter().filter(|r| r.seen().servers.last().map(String::as_str) == Some("gw-0")).count();
+    assert!(recorders.iter().all(|r| r.seen().servers.last().map(String::as_str) == Some("gw-0")), "every client on gw-0");
     let publishing = Publishing::start(&stack.redis.url(), "s6", Duration::from_millis(10));
     flowing(&recorders, 20).await;
+    stack.start_gateway(1);
 
     let drained_at = std::time::Instant::now();
     stack.drain_gateway(0);
-    eventually("every client connected again", WAIT, || recorders.iter().all(|r| r.seen().outages.iter().all(|o| o.1.is_some()))).await;
+    let deadline = storm_deadline(storm);
+    eventually("every client connected again", deadline + WAIT, || {
+        recorders.iter().all(|r| r.seen().outages.iter().all(|o| o.1.is_some()))
+    })
+    .await;
     let all_back = drained_at.elapsed();
     flowing(&recorders, 20).await;
     publishing.stop().await;
     let moved = recorders.iter().filter(|r| !r.seen().outages.is_empty()).count();
-    assert_eq!(moved, on_drained, "exactly the drained gateway's clients reconnected");
-    let (_, p99) = settle_quietly(&stack, recorders, "s6").await;
-    eprintln!("s6: {on_drained} of {STORM} clients drained at once, all back {all_back:?} after SIGTERM, reconnect p99 {p99:?}, 0 lost");
-    // The drain spreads its 1012s over 80 % of TIDINGS_DRAIN_SECS and a 1012
-    // is retried at once (then backoff of at most 1 s here); what remains is
-    // the surviving gateway admitting and replaying for a thousand clients at
-    // once — measured 6–8 s with debug binaries on two busy cores.
-    assert!(all_back < tidings_chaos::DRAIN + Duration::from_secs(13), "storm over after {all_back:?}");
+    assert_eq!(moved, storm, "every client was drained and reconnected");
+    let (p50, p99) = settle_quietly(&stack, recorders, "s6").await;
+    eprintln!("s6: {storm} clients drained at once, all back {all_back:?} after SIGTERM, reconnect p50 {p50:?} p99 {p99:?}, 0 lost");
+    assert!(all_back < deadline, "storm over after {all_back:?}, allowed {deadline:?}");
+}
+
+/// How long a storm of `clients` may take to be over. The drain spreads its
+/// 1012s over 80 % of TIDINGS_DRAIN_SECS and a 1012 is retried at once (then
+/// backoff of at most 1 s here, or `Retry-After: 1` from the draining one);
+/// what remains is the surviving gateway, just started, admitting and
+/// replaying for every client at once while the test's own clients share the
+/// two cores: 8 s of slack plus 10 ms per client (1,000 took 13–15 s in all
+/// with debug binaries, before and after the one-task-per-connection change).
+fn storm_deadline(clients: usize) -> Duration {
+    tidings_chaos::DRAIN + Duration::from_secs(8) + Duration::from_millis(10) * clients as u32
 }
 
 /// [`settle`] without a line per client: exact delivery for all, outage percentiles.
