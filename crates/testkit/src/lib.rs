@@ -49,8 +49,49 @@ impl TestRedis {
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut redis = Self { port: free_port(), child: None, dir, extra: extra.iter().map(|s| s.to_string()).collect() };
+        // A free port can be taken between `free_port` and the bind (by any
+        // process's outgoing connection, or a cluster bus port at +10,000):
+        // the server then exits at once, and another port is tried.
+        for _ in 0..5 {
+            if redis.spawn_once() {
+                return redis;
+            }
+            redis.port = free_port();
+        }
         redis.spawn();
         redis
+    }
+
+    /// Starts the server; false if it exited before answering (its port was taken).
+    fn spawn_once(&mut self) -> bool {
+        let mut child = self.command().spawn().expect("redis-server (scripts/test installs it)");
+        let port = self.port;
+        let until = Instant::now() + START_DEADLINE;
+        while Instant::now() < until {
+            if redis_cli(port, &["PING"]) == "PONG" {
+                self.child = Some(child);
+                return true;
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("timed out waiting for redis-server on {port} to answer PING");
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
     }
 
     pub fn url(&self) -> String {
@@ -58,15 +99,7 @@ impl TestRedis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs it)");
+        let child = self.command().spawn().expect("redis-server (scripts/test installs it)");
         self.child = Some(child);
         let port = self.port;
         wait_for("redis-server to answer PING", START_DEADLINE, || redis_cli(port, &["PING"]) == "PONG");
