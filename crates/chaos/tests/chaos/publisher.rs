@@ -32,6 +32,7 @@ async fn send_until_answered(http: &reqwest::Client, url: &str, body: &[u8]) -> 
             }
         }
         assert!(std::time::Instant::now() < until, "delivery never answered 2xx");
+        // A sender's retry interval (the scenario is the retries), not a wait for a condition.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
