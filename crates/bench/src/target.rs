@@ -5,7 +5,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 use anyhow::Context;
-use serde_json::json;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
@@ -50,13 +49,8 @@ impl TargetArgs {
 
     /// A token of its own per connection, so per-user caps do not apply.
     pub fn token(&self, workspace: &str, n: usize) -> anyhow::Result<String> {
-        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-        let claims = json!({ "sub": format!("bench-{n}"), "exp": exp, "workspace_id": workspace });
-        Ok(jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(self.jwt_secret.as_bytes()),
-        )?)
+        let claims = tidings_token::Claims::for_workspace(workspace, &format!("bench-{n}"), std::time::Duration::from_secs(3600));
+        Ok(claims.sign_hs256(&self.jwt_secret)?)
     }
 }
 

@@ -7,6 +7,7 @@
 //! `tidings dev` and unit tests; [`RedisBroker`] is the SPEC §4 layout.
 
 mod memory;
+pub mod options;
 pub mod redis;
 
 use bytes::Bytes;
@@ -116,7 +117,8 @@ pub struct LatestEvent {
     pub json: Bytes,
 }
 
-/// Pub/sub, history and latest state, shared by every gateway and publisher.
+/// Pub/sub, history, latest state and revocations: what a gateway needs, and
+/// what a publisher shares with it.
 pub trait Broker: Send + Sync + 'static {
     /// Durable publish: assigns the next id of the workspace's history, stores
     /// the event, updates the latest state, then delivers it to subscribers, with
@@ -153,6 +155,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Is this token id revoked (`tidings:revoked:<jti>`)?
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
 
+    /// Revokes a token id (`SET tidings:revoked:<jti>` for [`revocation_ttl`],
+    /// then `PUBLISH tidings:revocations <jti>`): every gateway
+    /// refuses it from now on and closes its live connections with 4003.
+    fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// What only a publisher needs: webhook deliveries published at most once, and
+/// the links from a source's objects to catalog entities. Kept apart from
+/// [`Broker`] so a gateway (and its test doubles) never carries it.
+pub trait DeliveryStore: Send + Sync + 'static {
     /// Claims a webhook delivery and durably publishes `events` (all of one
     /// workspace, in order) as one atomic step: either the delivery is new and
     /// every event is stored, or it was seen within [`DEDUP_TTL_SECS`] and
@@ -161,11 +173,6 @@ pub trait Broker: Send + Sync + 'static {
     /// did and published if it did not — exactly once either way, so callers
     /// never release a claim.
     fn publish_once<'a>(&'a self, claim: &'a DeliveryClaim, events: Vec<Event>) -> BoxFuture<'a, Result<PublishedOnce, BrokerError>>;
-
-    /// Revokes a token id (`SET tidings:revoked:<jti>` for [`revocation_ttl`],
-    /// then `PUBLISH tidings:revocations <jti>`): every gateway
-    /// refuses it from now on and closes its live connections with 4003.
-    fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Remembers (or, with `None`, forgets) which catalog entity a source's
     /// object belongs to, e.g. GitHub repository `acme/checkout` →
@@ -184,7 +191,7 @@ pub struct DeliveryClaim {
     pub delivery: String,
 }
 
-/// What [`Broker::publish_once`] did.
+/// What [`DeliveryStore::publish_once`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PublishedOnce {
     /// The events as stored, with their ids.

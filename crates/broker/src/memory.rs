@@ -11,7 +11,7 @@ use futures_util::future::{BoxFuture, FutureExt, ready};
 use tidings_protocol::payloads::is_conflatable;
 use tidings_protocol::{Event, EventId};
 
-use crate::{Broker, BrokerError, HistoryPage, LatestEvent, MessageHandler, StoredEvent};
+use crate::{Broker, BrokerError, DeliveryStore, HistoryPage, LatestEvent, MessageHandler, StoredEvent};
 
 #[derive(Default)]
 struct WorkspaceLog {
@@ -199,6 +199,13 @@ impl Broker for MemoryBroker {
         ready(Ok(self.lock().revoked.contains(jti))).boxed()
     }
 
+    fn revoke<'a>(&'a self, jti: &'a str, _exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.revoke_now(jti);
+        ready(Ok(())).boxed()
+    }
+}
+
+impl DeliveryStore for MemoryBroker {
     fn publish_once<'a>(
         &'a self,
         claim: &'a crate::DeliveryClaim,
@@ -217,11 +224,6 @@ impl Broker for MemoryBroker {
         state.deliveries.insert(key, now + std::time::Duration::from_secs(crate::DEDUP_TTL_SECS));
         let stored = events.into_iter().map(|e| self.publish_locked(&mut state, e)).collect();
         ready(Ok(crate::PublishedOnce::Published(stored))).boxed()
-    }
-
-    fn revoke<'a>(&'a self, jti: &'a str, _exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.revoke_now(jti);
-        ready(Ok(())).boxed()
     }
 
     fn link_entity<'a>(&'a self, source: &'a str, key: &'a str, entity_ref: Option<&'a str>) -> BoxFuture<'a, Result<(), BrokerError>> {

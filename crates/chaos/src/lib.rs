@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
 use tidings_client::{Backoff, Client, ClientConfig, ClientEvent, ConnectionState, static_token};
-use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
 use tidings_protocol::{Event, EventId};
 use tidings_testkit::{Nginx, ServerProcess, TestRedis, free_port, signal};
+use tidings_token::Claims;
 use tokio::task::JoinHandle;
 
 pub const SECRET: &str = "chaos-secret";
@@ -49,18 +49,7 @@ pub fn token(workspace: &str) -> String {
 
 /// A token for `workspace` naming user `sub` (each user has a connection cap per gateway).
 pub fn token_as(workspace: &str, sub: &str) -> String {
-    let claims = Claims {
-        sub: sub.to_string(),
-        exp: unix_now() + 3600,
-        nbf: None,
-        iat: None,
-        jti: None,
-        iss: None,
-        aud: None,
-        workspace_id: Some(workspace.into()),
-        workspaces: None,
-    };
-    sign_hs256(SECRET, &claims).unwrap()
+    Claims::for_workspace(workspace, sub, Duration::from_secs(3600)).sign_hs256(SECRET).unwrap()
 }
 
 /// Redis, two gateways on fixed ports (so a restarted one is where nginx

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tidings_broker::{Broker, MemoryBroker, MessageHandler};
 use tidings_gateway::config::GatewayArgs;
-use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
+use tidings_gateway::metrics::GatewayMetrics;
 use tidings_gateway::{Node, server};
+use tidings_process::http::register_process_metrics;
 use tidings_process::shutdown_signal;
 use tidings_publisher::{Publisher, PublisherMetrics};
 use tokio::net::TcpListener;
@@ -21,15 +22,8 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Address to bind.
-    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// The `server` name this process reports.
-    #[arg(long, env = "TIDINGS_INSTANCE_ID")]
-    pub instance_id: Option<String>,
-    /// Log line format.
-    #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[command(flatten)]
+    pub serve: tidings_process::options::ServeArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
     #[command(flatten)]
@@ -96,7 +90,7 @@ pub async fn run(
     args.validate()?;
     let jwt_keys = args.gateway.key_source(Some(random_secret())).map_err(crate::UsageError)?;
     let publish_token = args.publish_token.clone().unwrap_or_else(random_secret);
-    let mut config = args.gateway.to_config(jwt_keys.clone(), args.instance_id.clone());
+    let mut config = args.gateway.to_config(jwt_keys.clone());
     config.dashboard = args.gateway.dashboard.unwrap_or(true);
 
     let registry = prometheus::Registry::new();
@@ -111,7 +105,7 @@ pub async fn run(
     })?;
     let publisher = Publisher::new(
         args.webhooks.to_config(publish_token.clone()).map_err(|e| crate::UsageError(e.to_string()))?,
-        node.broker.clone(),
+        memory.clone(),
         publisher_metrics,
     );
     let app = server::router(node.clone(), registry).merge(tidings_publisher::api_router(publisher));
@@ -122,9 +116,9 @@ pub async fn run(
     // A ready-made token only when Tidings holds the signing secret; with a PEM
     // key or JWKS, tokens come from the identity provider.
     let (jwt_secret, token) = match &jwt_keys {
-        tidings_gateway::auth::KeySource::Secret(secret) => {
+        tidings_gateway::keys::KeySource::Secret(secret) => {
             let claims = crate::token::claims("dev", "dev-user", DEV_TOKEN_TTL, None);
-            (secret.clone(), tidings_gateway::auth::sign_hs256(secret, &claims).context("signing the dev token")?)
+            (secret.clone(), tidings_token::sign_hs256(secret, &claims).context("signing the dev token")?)
         }
         _ => (String::new(), "<a token from your identity provider>".to_string()),
     };
@@ -145,10 +139,11 @@ pub async fn run(
 
 pub fn main(args: DevArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let _telemetry = tidings_process::telemetry::init("tidings", &args.log_format);
+    let _telemetry = tidings_process::telemetry::init("tidings", &args.serve.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = tidings_process::listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listen = args.serve.listen_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let listener = tidings_process::listen(listen).with_context(|| format!("cannot listen on {listen}"))?;
         run(args, listener, shutdown_signal(), |info| {
             // A closed stdout (piped into `head`, say) must not stop the server.
             use std::io::Write;

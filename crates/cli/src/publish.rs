@@ -25,21 +25,18 @@ pub struct PublishArgs {
     /// Bearer token of the publish API.
     #[arg(long, env = "TIDINGS_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
-    /// Publish straight to Redis (the durable script) instead of over HTTP.
-    #[arg(long, env = "TIDINGS_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Treat the Redis URL as a comma-separated list of cluster seed nodes.
-    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", default_value_t = false)]
-    pub redis_cluster: bool,
-    /// With Redis: events kept per workspace (MAXLEN ~ of the stream).
-    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    pub history_size: u64,
+    // With a Redis URL, the event goes straight to Redis (the durable
+    // script) instead of over HTTP.
+    #[command(flatten)]
+    pub redis: tidings_broker::options::RedisArgs,
+    #[command(flatten)]
+    pub history: tidings_broker::options::HistoryArgs,
 }
 
 /// The durable publish through Redis; fails fast when Redis does not answer.
-async fn publish_to_redis(url: String, cluster: bool, history_size: u64, event: Event) -> anyhow::Result<String> {
-    use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
-    let broker = RedisBroker::connect(RedisConfig::new(url, history_size as usize).with_cluster(cluster), std::sync::Arc::new(PublishOnly))
+async fn publish_to_redis(args: &PublishArgs, url: &str, event: Event) -> anyhow::Result<String> {
+    use tidings_broker::{Broker, PublishOnly, RedisBroker};
+    let broker = RedisBroker::connect(args.redis.config(url, args.history.events()), std::sync::Arc::new(PublishOnly))
         .map_err(|e| UsageError(format!("TIDINGS_REDIS_URL: {e}")))?;
     let stored = broker.publish(event).await.context("publishing to Redis")?;
     Ok(stored.id.map(|id| id.to_string()).unwrap_or_default())
@@ -58,8 +55,8 @@ pub fn build_event(args: &PublishArgs) -> Result<Event, UsageError> {
 pub fn main(args: PublishArgs) -> anyhow::Result<()> {
     let event = build_event(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    if let Some(url) = args.redis_url.clone() {
-        let id = runtime.block_on(publish_to_redis(url, args.redis_cluster, args.history_size, event))?;
+    if let Some(url) = args.redis.redis_url.as_deref() {
+        let id = runtime.block_on(publish_to_redis(&args, url, event))?;
         println!("{id}");
         return Ok(());
     }

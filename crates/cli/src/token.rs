@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
+use tidings_token::{Claims, sign_hs256};
 
 use crate::UsageError;
 
@@ -46,18 +46,7 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 
 /// Claims for `workspace`, valid for `ttl` from now.
 pub fn claims(workspace: &str, sub: &str, ttl: Duration, jti: Option<String>) -> Claims {
-    let now = unix_now();
-    Claims {
-        sub: sub.to_string(),
-        exp: now + ttl.as_secs(),
-        nbf: None,
-        iat: Some(now),
-        jti,
-        iss: None,
-        aud: None,
-        workspace_id: Some(workspace.to_string()),
-        workspaces: None,
-    }
+    Claims { jti, ..Claims::for_workspace(workspace, sub, ttl) }
 }
 
 pub fn main(args: TokenArgs) -> anyhow::Result<()> {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use serde_json::json;
 use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
 use tidings_client::{Backoff, Client, ClientConfig, ClientEvent, ConnectionState, StopReason, TokenRequest, static_token};
-use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
 use tidings_protocol::{Event, EventId};
 use tidings_testkit::{ServerProcess, TestRedis, free_port};
+use tidings_token::{Claims, sign_hs256, unix_now};
 
 const SECRET: &str = "client-secret";
 const WAIT: Duration = Duration::from_secs(30);

@@ -5,7 +5,9 @@ use axum::http::{HeaderMap, header};
 use tidings_protocol::event::validate_workspace_id;
 use tidings_protocol::{EventId, Filter};
 
-use crate::auth::{AuthError, Claims};
+use tidings_token::Claims;
+
+use crate::auth::AuthError;
 use crate::config::split_list;
 use crate::error::ApiError;
 use crate::node::Node;
@@ -15,13 +17,6 @@ use crate::node::Node;
 pub struct Access {
     pub claims: Claims,
     pub workspace_id: String,
-}
-
-/// The token of an `Authorization: Bearer …` header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Verifies `token`, refuses a revoked one, and checks it grants `requested`

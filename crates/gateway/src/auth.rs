@@ -2,52 +2,14 @@
 //! algorithm always bound to the key) and what a token grants.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
-use serde::{Deserialize, Serialize};
 use tidings_protocol::codes::error;
+use tidings_token::Claims;
 
 use crate::config::GatewayConfig;
+use crate::keys::{BoundKey, KeyError, KeySource, bind_pem};
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
-
-/// `aud` is a string or a list of strings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// The claims Tidings reads (SPEC §3.2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jti: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<Audience>,
-    /// The one workspace the token reads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace_id: Option<String>,
-    /// Further workspaces it may read; `"*"` = all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspaces: Option<Vec<String>>,
-}
-
-impl Claims {
-    /// May this token read `workspace_id`?
-    pub fn allows(&self, workspace_id: &str) -> bool {
-        self.workspace_id.as_deref() == Some(workspace_id)
-            || self.workspaces.as_ref().is_some_and(|list| list.iter().any(|w| w == "*" || w == workspace_id))
-    }
-}
 
 /// Why a token was refused. All map to 401 before the upgrade, 1008 after it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,72 +48,6 @@ impl AuthError {
             AuthError::UnknownKey => error::TOKEN_BAD_SIGNATURE,
             AuthError::Revoked => error::TOKEN_REVOKED,
         }
-    }
-}
-
-/// Where verification keys come from (exactly one is configured).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// HS256 shared secret.
-    Secret(String),
-    /// A PEM public key (RSA, EC P-256/P-384 or Ed25519).
-    PublicKeyPem(Vec<u8>),
-    /// A JWKS endpoint; keys cached, refreshed on an unknown `kid`.
-    JwksUrl(String),
-}
-
-/// A verification key and the algorithms it may verify: the algorithm is
-/// decided by the key, never by the token's header.
-#[derive(Clone)]
-pub struct BoundKey {
-    pub(crate) key: DecodingKey,
-    pub(crate) algorithms: Vec<Algorithm>,
-}
-
-/// Why the configured key cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("JWT key: {0}")]
-pub struct KeyError(pub String);
-
-/// The algorithms a PEM public key verifies, by its type.
-pub fn bind_pem(pem: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>), KeyError> {
-    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-        return Ok((key, vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512]));
-    }
-    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-        // The curve fixes the algorithm: P-256 → ES256, P-384 → ES384.
-        let algorithms = match ec_curve(pem) {
-            Some(Curve::P256) => vec![Algorithm::ES256],
-            Some(Curve::P384) => vec![Algorithm::ES384],
-            None => return Err(KeyError("EC keys must be on P-256 or P-384".into())),
-        };
-        return Ok((key, algorithms));
-    }
-    if let Ok(key) = DecodingKey::from_ed_pem(pem) {
-        return Ok((key, vec![Algorithm::EdDSA]));
-    }
-    Err(KeyError("not a PEM public key of type RSA, EC (P-256/P-384) or Ed25519".into()))
-}
-
-enum Curve {
-    P256,
-    P384,
-}
-
-/// The named curve of an EC public key PEM, from the OID in its DER.
-fn ec_curve(pem: &[u8]) -> Option<Curve> {
-    use base64::Engine as _;
-    let text = std::str::from_utf8(pem).ok()?;
-    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()?;
-    const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
-    const P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
-    if der.windows(P256.len()).any(|w| w == P256) {
-        Some(Curve::P256)
-    } else if der.windows(P384.len()).any(|w| w == P384) {
-        Some(Curve::P384)
-    } else {
-        None
     }
 }
 
@@ -247,19 +143,10 @@ fn decode_with(token: &str, key: &DecodingKey, validation: &Validation) -> Resul
     })
 }
 
-/// Signs HS256 tokens: `tidings token`, `tidings dev` and the tests.
-pub fn sign_hs256(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidings_token::{Audience, sign_hs256, unix_now};
 
     fn claims(exp_in: i64) -> Claims {
         Claims {
@@ -307,15 +194,5 @@ mod tests {
         c.aud = Some(Audience::One("tidings".into()));
         c.iss = None;
         assert_eq!(v.verify(&sign_hs256("s3cret", &c).unwrap()).await, Err(AuthError::WrongIssuer));
-    }
-
-    #[test]
-    fn workspace_grants() {
-        let mut c = claims(60);
-        assert!(c.allows("acme") && !c.allows("other"));
-        c.workspaces = Some(vec!["b".into()]);
-        assert!(c.allows("b") && !c.allows("c"));
-        c.workspaces = Some(vec!["*".into()]);
-        assert!(c.allows("anything"));
     }
 }

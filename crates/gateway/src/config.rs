@@ -2,8 +2,9 @@
 //! variables through clap), turned into a plain [`GatewayConfig`] the rest of the
 //! crate and the tests build directly, without touching the process environment.
 
-use std::net::SocketAddr;
 use std::time::Duration;
+
+use tidings_broker::options::HistoryArgs;
 
 /// Everything the gateway needs to know at run time.
 #[derive(Debug, Clone)]
@@ -11,7 +12,7 @@ pub struct GatewayConfig {
     /// The `server` name in `connected` messages.
     pub instance_id: String,
     /// Where token verification keys come from.
-    pub jwt_keys: crate::auth::KeySource,
+    pub jwt_keys: crate::keys::KeySource,
     /// Least time between two JWKS fetches triggered by unknown `kid`s.
     pub jwks_refresh_interval: Duration,
     pub jwt_issuer: Option<String>,
@@ -47,7 +48,7 @@ impl GatewayConfig {
     pub fn new(jwt_secret: impl Into<String>) -> Self {
         Self {
             instance_id: default_instance_id(),
-            jwt_keys: crate::auth::KeySource::Secret(jwt_secret.into()),
+            jwt_keys: crate::keys::KeySource::Secret(jwt_secret.into()),
             jwks_refresh_interval: Duration::from_secs(5),
             jwt_issuer: None,
             jwt_audience: None,
@@ -86,6 +87,11 @@ pub fn split_list(s: &str) -> Vec<String> {
 /// The gateway's client-facing options, shared by `tidings-gateway` and `tidings dev`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
+    /// The `server` name this process reports (default: host name + process id).
+    #[arg(long, env = "TIDINGS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    #[command(flatten)]
+    pub history: HistoryArgs,
     /// HS256 shared secret for client tokens.
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -107,9 +113,6 @@ pub struct GatewayArgs {
     /// Comma-separated `Origin`s allowed to open browser WebSockets (unset = any).
     #[arg(long, env = "TIDINGS_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
-    /// Events kept per workspace for recovery.
-    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    pub history_size: u64,
     /// Connections per gateway process.
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
@@ -140,15 +143,15 @@ pub struct GatewayArgs {
 impl GatewayArgs {
     /// The one key source the options name: a secret, a PEM file (read now) or
     /// a JWKS URL. `fallback_secret` is used when none is given (`tidings dev`).
-    pub fn key_source(&self, fallback_secret: Option<String>) -> Result<crate::auth::KeySource, String> {
-        use crate::auth::KeySource;
+    pub fn key_source(&self, fallback_secret: Option<String>) -> Result<crate::keys::KeySource, String> {
+        use crate::keys::KeySource;
         let given = [self.jwt_secret.is_some(), self.jwt_public_key_file.is_some(), self.jwks_url.is_some()].iter().filter(|b| **b).count();
         if given > 1 {
             return Err("set only one of TIDINGS_JWT_SECRET, TIDINGS_JWT_PUBLIC_KEY_FILE and TIDINGS_JWKS_URL".into());
         }
         if let Some(path) = &self.jwt_public_key_file {
             let pem = std::fs::read(path).map_err(|e| format!("TIDINGS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
-            crate::auth::bind_pem(&pem).map_err(|e| format!("TIDINGS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
+            crate::keys::bind_pem(&pem).map_err(|e| format!("TIDINGS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
             return Ok(KeySource::PublicKeyPem(pem));
         }
         if let Some(url) = &self.jwks_url {
@@ -161,15 +164,15 @@ impl GatewayArgs {
     }
 
     /// The config these options describe, with the key source already resolved.
-    pub fn to_config(&self, jwt_keys: crate::auth::KeySource, instance_id: Option<String>) -> GatewayConfig {
+    pub fn to_config(&self, jwt_keys: crate::keys::KeySource) -> GatewayConfig {
         GatewayConfig {
-            instance_id: instance_id.unwrap_or_else(default_instance_id),
+            instance_id: self.instance_id.clone().unwrap_or_else(default_instance_id),
             jwt_keys,
             jwks_refresh_interval: Duration::from_secs(self.jwks_min_refresh_secs),
             jwt_issuer: self.jwt_issuer.clone(),
             jwt_audience: self.jwt_audience.clone(),
             allowed_origins: self.allowed_origins.as_deref().map(split_list),
-            history_size: self.history_size as usize,
+            history_size: self.history.events(),
             max_connections: self.max_connections as usize,
             max_connections_per_user: self.max_connections_per_user as usize,
             max_message_bytes: self.max_message_bytes as usize,
@@ -181,18 +184,4 @@ impl GatewayArgs {
             ..GatewayConfig::new(String::new())
         }
     }
-}
-
-/// Options every Tidings server process shares.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ProcessArgs {
-    /// Address to bind.
-    #[arg(long, env = "TIDINGS_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// The `server` name this process reports (default: host name + process id).
-    #[arg(long, env = "TIDINGS_INSTANCE_ID")]
-    pub instance_id: Option<String>,
-    /// Log line format.
-    #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
 }

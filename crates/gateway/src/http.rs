@@ -14,7 +14,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tidings_protocol::ServerMessage;
 
-use crate::access::{authorize, bearer, check_origin, parse_filter, parse_since};
+use tidings_process::http::bearer;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::access::{authorize, check_origin, parse_filter, parse_since};
 use crate::error::ApiError;
 use crate::hub::{Connection, Transport, prepare};
 use crate::node::{Admission, Node, Registration};
@@ -80,6 +83,9 @@ struct SseGuard {
     conn: Arc<Connection>,
     _registration: Registration,
     _admission: Admission,
+    /// Counts in the node's task tracker while the stream lives: the stream
+    /// is polled by hyper, not by a task of ours, and shutdown waits on the tracker.
+    _task: TaskTrackerToken,
 }
 
 /// `GET /v1/workspaces/{id}/events/stream`: replay after `Last-Event-ID` or
@@ -106,6 +112,8 @@ async fn sse_stream(
     if node.is_draining() {
         return Err(ApiError::unavailable("the gateway is draining; reconnect to another instance"));
     }
+    // Held from before the stream joins the hub, so shutdown never sees it registered but untracked.
+    let task = node.tasks.token();
     check_origin(&node, &headers)?;
     let params = params(query)?;
     let token = bearer(&headers).or(params.token.as_deref());
@@ -133,22 +141,29 @@ async fn sse_stream(
         // The stream is read as the replay queues (it waits for room); dropping
         // the stream closes the outbox, which ends the replay.
         let (node, conn) = (node.clone(), conn.clone());
-        tokio::spawn(async move {
+        node.tasks.clone().spawn(async move {
             replay.run(&node, &conn, |e| filter.matches(&e.event_type, e.entity_ref.as_deref())).await;
         });
     }
     if node.is_draining() {
         conn.outbox.close(tidings_protocol::codes::close::DRAINING, "draining");
     }
-    let guard = SseGuard { node: node.clone(), conn: conn.clone(), _registration: registration, _admission: admission };
+    let guard = SseGuard { node: node.clone(), conn: conn.clone(), _registration: registration, _admission: admission, _task: task };
     // EventSource cannot send a fresh token, so the stream ends at `exp` (the
     // browser reconnects with a new one and `Last-Event-ID`).
     let expiring = Arc::downgrade(&conn);
     let ttl = crate::ws::until_unix(access.claims.exp);
-    tokio::spawn(async move {
-        tokio::time::sleep(ttl).await;
-        if let Some(conn) = expiring.upgrade() {
-            conn.outbox.close(tidings_protocol::codes::close::TOKEN_EXPIRED, "token expired");
+    let draining = node.draining.clone();
+    node.tasks.spawn(async move {
+        // Ends at a drain too, so shutdown never waits out a token's lifetime.
+        // (Not on the outbox's `closed`: that shares the stream's wake-ups.)
+        tokio::select! {
+            () = tokio::time::sleep(ttl) => {
+                if let Some(conn) = expiring.upgrade() {
+                    conn.outbox.close(tidings_protocol::codes::close::TOKEN_EXPIRED, "token expired");
+                }
+            }
+            () = draining.cancelled() => {}
         }
     });
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::auth::{BoundKey, KeyError};
+use crate::keys::{BoundKey, KeyError};
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 

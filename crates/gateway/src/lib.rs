@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod jwks;
+pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

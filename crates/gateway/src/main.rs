@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tidings_broker::redis::check_redis_urls;
-use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
-use tidings_gateway::config::{GatewayArgs, ProcessArgs};
-use tidings_gateway::metrics::{GatewayMetrics, register_process_metrics};
+use tidings_broker::options::RedisArgs;
+use tidings_broker::{Broker, MessageHandler, RedisBroker};
+use tidings_gateway::config::GatewayArgs;
+use tidings_gateway::metrics::GatewayMetrics;
 use tidings_gateway::{Node, server};
+use tidings_process::http::register_process_metrics;
+use tidings_process::options::ServeArgs;
 use tidings_process::{parse_args_or_exit, shutdown_signal};
 
 /// Holds client connections for a scaled-out Tidings deployment.
@@ -17,13 +19,9 @@ use tidings_process::{parse_args_or_exit, shutdown_signal};
 #[command(name = "tidings-gateway", version)]
 struct Args {
     #[command(flatten)]
-    process: ProcessArgs,
-    /// Redis URL (`redis://host:port/db`, `rediss://` for TLS).
-    #[arg(long, env = "TIDINGS_REDIS_URL")]
-    redis_url: Option<String>,
-    /// Treat the Redis URL as a comma-separated list of cluster seed nodes.
-    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", default_value_t = false)]
-    redis_cluster: bool,
+    serve: ServeArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -35,19 +33,20 @@ fn usage_error(message: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Args = parse_args_or_exit("tidings-gateway");
-    let Some(redis_url) = args.redis_url.clone() else {
-        return usage_error("TIDINGS_REDIS_URL is required (for one process without Redis, run `tidings dev`)");
+    let redis_url = match args.redis.required_url(" (for one process without Redis, run `tidings dev`)") {
+        Ok(url) => url.to_string(),
+        Err(e) => return usage_error(&e),
     };
     let jwt_keys = match args.gateway.key_source(None) {
         Ok(keys) => keys,
         Err(e) => return usage_error(&e),
     };
-    if let Err(e) = check_redis_urls(&redis_url, args.redis_cluster) {
+    if let Err(e) = args.redis.check() {
         return usage_error(&e);
     }
-    let _telemetry = tidings_process::telemetry::init("tidings-gateway", &args.process.log_format);
-    let listen: SocketAddr = args.process.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
-    let config = args.gateway.to_config(jwt_keys, args.process.instance_id.clone());
+    let _telemetry = tidings_process::telemetry::init("tidings-gateway", &args.serve.log_format);
+    let listen = args.serve.listen_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+    let config = args.gateway.to_config(jwt_keys);
     let history_size = config.history_size;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -62,8 +61,7 @@ fn main() -> ExitCode {
         let metrics = GatewayMetrics::register(&registry)?;
         register_process_metrics(&registry)?;
         let node = Node::new(config, metrics, |hub: Arc<dyn MessageHandler>| {
-            Ok(Arc::new(RedisBroker::connect(RedisConfig::new(redis_url, history_size).with_cluster(args.redis_cluster), hub)?)
-                as Arc<dyn Broker>)
+            Ok(Arc::new(RedisBroker::connect(args.redis.config(&redis_url, history_size), hub)?) as Arc<dyn Broker>)
         })?;
         node.verifier.warm_up().await;
         let listener = tidings_process::listen(listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

@@ -143,17 +143,3 @@ impl GatewayMetrics {
         })
     }
 }
-
-/// Adds `tidings_process_*` CPU and memory of this process to `registry`.
-pub fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
-    registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "tidings")))
-}
-
-/// The registry's families in the text exposition format.
-pub fn render(registry: &Registry) -> String {
-    let mut out = String::new();
-    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
-        tracing::error!(error = %e, "encoding metrics failed");
-    }
-    out
-}

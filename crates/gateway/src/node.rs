@@ -25,7 +25,7 @@ use crate::outbox::Outbox;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
-    Key(#[from] crate::auth::KeyError),
+    Key(#[from] crate::keys::KeyError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -236,14 +236,21 @@ impl Node {
         let node = self.clone();
         let workspace_id = conn.workspace_id.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        runtime.spawn(async move {
-            tokio::time::sleep(node.config.unsubscribe_delay).await;
-            if node.hub.count(&workspace_id) == 0
-                && let Err(e) = node.broker.unsubscribe(&workspace_id).await
-            {
-                tracing::warn!(workspace_id, error = %e, "unsubscribe failed");
-            }
-        });
+        self.tasks.spawn_on(
+            async move {
+                // A draining process unsubscribes nothing: it is about to exit.
+                tokio::select! {
+                    () = tokio::time::sleep(node.config.unsubscribe_delay) => {}
+                    () = node.draining.cancelled() => return,
+                }
+                if node.hub.count(&workspace_id) == 0
+                    && let Err(e) = node.broker.unsubscribe(&workspace_id).await
+                {
+                    tracing::warn!(workspace_id, error = %e, "unsubscribe failed");
+                }
+            },
+            &runtime,
+        );
     }
 
     /// Graceful shutdown, first half: refuse new connections and close the live
@@ -257,7 +264,7 @@ impl Node {
         }
         self.draining.cancel();
         let node = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let conns = node.hub.all();
             let per_tick = drain_schedule(conns.len(), node.config.drain);
             let mut tick = tokio::time::interval(DRAIN_TICK);

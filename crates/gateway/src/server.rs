@@ -35,10 +35,10 @@ pub fn router(node: Arc<Node>, registry: Registry) -> Router {
     let plain = Router::new()
         .route("/v1/workspaces/{id}/events", get(http::poll))
         .route("/v1/workspaces/{id}/latest", get(http::latest))
-        .route("/healthz", get(admin::healthz))
+        .route("/healthz", get(tidings_process::http::healthz))
         .route("/readyz", get(admin::readyz))
         .with_state(node.clone())
-        .merge(Router::new().route("/metrics", get(admin::metrics)).with_state(registry))
+        .merge(Router::new().route("/metrics", get(tidings_process::http::metrics)).with_state(registry))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
     let dashboard = node.config.dashboard;
     let streams = Router::new().route("/ws", get(ws::upgrade)).route("/v1/workspaces/{id}/events/stream", get(http::sse)).with_state(node);
@@ -79,13 +79,9 @@ pub async fn serve(
     tracing::info!(connections = node.hub.total(), drain = ?node.config.drain, "draining");
     node.start_drain();
     node.tasks.close();
-    let all_closed = async {
-        // Polled rather than signalled: SSE streams end inside hyper, outside our task tracker.
-        while !(node.tasks.is_empty() && node.hub.total() == 0) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    if tokio::time::timeout(node.config.drain + SHUTDOWN_GRACE, all_closed).await.is_err() {
+    // Every connection holds the tracker while it lives (a WebSocket as its
+    // task, an SSE stream by a token), and so does every timer and replay.
+    if tokio::time::timeout(node.config.drain + SHUTDOWN_GRACE, node.tasks.wait()).await.is_err() {
         tracing::warn!(remaining = node.hub.total(), "drain period over; closing the rest");
     }
     stop_http.cancel();

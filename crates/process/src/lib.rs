@@ -1,8 +1,11 @@
 //! Process plumbing every Tidings binary shares: how a bad option ends the
 //! program (one line, exit 2, before binding), logs and traces ([`telemetry`]), the
-//! SIGTERM/SIGINT future that starts graceful shutdown, and the JSON shape of
-//! errors produced below the handlers.
+//! SIGTERM/SIGINT future that starts graceful shutdown, the JSON shape of
+//! errors produced below the handlers, and the HTTP answers every server
+//! shares ([`http`]).
 
+pub mod http;
+pub mod options;
 pub mod telemetry;
 
 /// Parses the command line; a bad or unknown option prints one line and exits 2
@@ -47,8 +50,7 @@ pub async fn shutdown_signal() {
 /// other error, `{"error":{"code":"…","message":"…"}}`. Answers that are
 /// already JSON pass untouched. Use with `axum::middleware::map_response`.
 pub async fn json_errors(response: axum::response::Response) -> axum::response::Response {
-    use axum::http::{HeaderValue, StatusCode, header};
-    use axum::response::IntoResponse;
+    use axum::http::{StatusCode, header};
     let status = response.status();
     let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
@@ -62,10 +64,9 @@ pub async fn json_errors(response: axum::response::Response) -> axum::response::
         _ => ("bad_request", "the request could not be read"),
     };
     let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    let mut json = (status, axum::Json(body)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        json.headers_mut().insert(header::RETRY_AFTER, retry_after.unwrap_or(HeaderValue::from_static("1")));
+    let mut json = http::error_response(status, code, message);
+    if let Some(retry_after) = retry_after.filter(|_| status == StatusCode::SERVICE_UNAVAILABLE) {
+        json.headers_mut().insert(header::RETRY_AFTER, retry_after);
     }
     json
 }

@@ -18,7 +18,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use tidings_broker::{Broker, RedisBroker};
+use tidings_broker::{Broker, DeliveryStore, RedisBroker};
 use tower_http::timeout::TimeoutLayer;
 
 pub use metrics::PublisherMetrics;
@@ -125,6 +125,8 @@ impl Readiness {
 pub struct Publisher {
     pub config: PublisherConfig,
     pub broker: Arc<dyn Broker>,
+    /// Webhook deliveries published at most once, and entity links.
+    pub deliveries: Arc<dyn DeliveryStore>,
     pub metrics: PublisherMetrics,
     pub readiness: Readiness,
 }
@@ -136,12 +138,20 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub fn new(config: PublisherConfig, broker: Arc<dyn Broker>, metrics: PublisherMetrics) -> Arc<Self> {
-        Self::with_readiness(config, broker, metrics, Readiness::Broker)
+    /// A publisher on one store that is both the broker and the delivery store
+    /// (the Redis or the in-memory broker).
+    pub fn new<S: Broker + DeliveryStore>(config: PublisherConfig, store: Arc<S>, metrics: PublisherMetrics) -> Arc<Self> {
+        Self::with_stores(config, store.clone(), store, metrics, Readiness::Broker)
     }
 
-    pub fn with_readiness(config: PublisherConfig, broker: Arc<dyn Broker>, metrics: PublisherMetrics, readiness: Readiness) -> Arc<Self> {
-        Arc::new(Self { config, broker, metrics, readiness })
+    pub fn with_stores(
+        config: PublisherConfig,
+        broker: Arc<dyn Broker>,
+        deliveries: Arc<dyn DeliveryStore>,
+        metrics: PublisherMetrics,
+        readiness: Readiness,
+    ) -> Arc<Self> {
+        Arc::new(Self { config, broker, deliveries, metrics, readiness })
     }
 }
 
@@ -167,11 +177,11 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The publish API plus `/healthz`, `/readyz` and `/metrics`.
 pub fn router(publisher: Arc<Publisher>, registry: prometheus::Registry) -> Router {
     let admin = Router::new()
-        .route("/healthz", get(publish::healthz))
+        .route("/healthz", get(tidings_process::http::healthz))
         .route("/readyz", get(publish::readyz))
         .with_state(publisher.clone())
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
-    let metrics = Router::new().route("/metrics", get(publish::metrics)).with_state(registry);
+    let metrics = Router::new().route("/metrics", get(tidings_process::http::metrics)).with_state(registry);
     // An unknown path answers the JSON 404 too (`tidings dev` gets the gateway's).
     api_router(publisher)
         .merge(admin)

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tidings_broker::redis::check_redis_urls;
-use tidings_broker::{Broker, PublishOnly, RedisBroker, RedisConfig};
+use tidings_broker::options::{HistoryArgs, RedisArgs};
+use tidings_broker::{Broker, PublishOnly, RedisBroker};
+use tidings_process::options::ServeArgs;
 use tidings_process::{parse_args_or_exit, shutdown_signal};
 use tidings_publisher::{Publisher, PublisherMetrics, Readiness};
 use tokio_util::sync::CancellationToken;
@@ -16,21 +17,15 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "tidings-publisher", version)]
 struct Args {
-    /// Address to bind.
-    #[arg(long, env = "TIDINGS_LISTEN", default_value = "0.0.0.0:8090")]
-    listen: SocketAddr,
-    /// Redis URL (`redis://host:port/db`, `rediss://` for TLS).
-    #[arg(long, env = "TIDINGS_REDIS_URL")]
-    redis_url: Option<String>,
-    /// Treat the Redis URL as a comma-separated list of cluster seed nodes.
-    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", default_value_t = false)]
-    redis_cluster: bool,
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Bearer token of the HTTP publish API.
     #[arg(long, env = "TIDINGS_PUBLISH_TOKEN", hide_env_values = true)]
     publish_token: Option<String>,
-    /// Events kept per workspace for recovery (MAXLEN ~ of each stream).
-    #[arg(long, env = "TIDINGS_HISTORY_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    history_size: u64,
+    #[command(flatten)]
+    history: HistoryArgs,
     /// Workspace that receives host metrics (unset = host metrics off).
     #[arg(long, env = "TIDINGS_METRICS_WORKSPACE")]
     metrics_workspace: Option<String>,
@@ -39,9 +34,6 @@ struct Args {
     metrics_interval_ms: u64,
     #[command(flatten)]
     webhooks: tidings_publisher::WebhookArgs,
-    /// Log line format.
-    #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
 }
 
 fn usage_error(message: &str) -> ExitCode {
@@ -51,8 +43,9 @@ fn usage_error(message: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Args = parse_args_or_exit("tidings-publisher");
-    let Some(redis_url) = args.redis_url.clone() else {
-        return usage_error("TIDINGS_REDIS_URL is required (for one process without Redis, run `tidings dev`)");
+    let redis_url = match args.redis.required_url(" (for one process without Redis, run `tidings dev`)") {
+        Ok(url) => url.to_string(),
+        Err(e) => return usage_error(&e),
     };
     let Some(publish_token) = args.publish_token.clone().filter(|t| !t.is_empty()) else {
         return usage_error("TIDINGS_PUBLISH_TOKEN is required");
@@ -62,14 +55,14 @@ fn main() -> ExitCode {
     {
         return usage_error(&format!("TIDINGS_METRICS_WORKSPACE: {e}"));
     }
-    if let Err(e) = check_redis_urls(&redis_url, args.redis_cluster) {
+    if let Err(e) = args.redis.check() {
         return usage_error(&e);
     }
     let config = match args.webhooks.to_config(publish_token) {
         Ok(config) => config,
         Err(e) => return usage_error(&e.to_string()),
     };
-    let _telemetry = tidings_process::telemetry::init("tidings-publisher", &args.log_format);
+    let _telemetry = tidings_process::telemetry::init("tidings-publisher", &args.serve.log_format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -81,20 +74,19 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = runtime.block_on(async move {
         let registry = prometheus::Registry::new();
         let metrics = PublisherMetrics::register(&registry)?;
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "tidings")))?;
-        let redis = RedisBroker::connect(
-            RedisConfig::new(redis_url, args.history_size as usize).with_cluster(args.redis_cluster),
-            Arc::new(PublishOnly),
-        )?;
-        let broker: Arc<dyn Broker> = Arc::new(redis.clone());
+        tidings_process::http::register_process_metrics(&registry)?;
+        let redis = RedisBroker::connect(args.redis.config(&redis_url, args.history.events()), Arc::new(PublishOnly))?;
+        let store = Arc::new(redis.clone());
+        let broker: Arc<dyn Broker> = store.clone();
         // Ready when Redis answers commands; the pub/sub connection is not ours to need.
-        let publisher = Publisher::with_readiness(config, broker.clone(), metrics, Readiness::RedisCommands(redis));
+        let publisher = Publisher::with_stores(config, broker.clone(), store, metrics, Readiness::RedisCommands(redis));
         let stop = CancellationToken::new();
         if let Some(workspace) = args.metrics_workspace.clone() {
             let interval = Duration::from_millis(args.metrics_interval_ms);
             tokio::spawn(tidings_publisher::host_metrics::run(broker.clone(), workspace, interval, stop.clone()));
         }
-        let listener = tidings_process::listen(args.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let listen = args.serve.listen_or(SocketAddr::from(([0, 0, 0, 0], 8090)));
+        let listener = tidings_process::listen(listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "publisher listening");
         axum::serve(listener, tidings_publisher::router(publisher, registry)).with_graceful_shutdown(shutdown_signal()).await?;
         stop.cancel();

@@ -40,15 +40,12 @@ impl IntoResponse for PublishError {
             PublishError::BadBody(_) => (StatusCode::BAD_REQUEST, error::BAD_REQUEST),
             PublishError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE),
         };
-        let mut body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let mut body = tidings_process::http::error_body(code, self.to_string());
         if let PublishError::Unavailable { published, .. } = &self {
             // Events before the failure were stored; say which, so a retry can skip them.
             body["ids"] = serde_json::json!(published);
         }
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
+        let mut response = tidings_process::http::error_json(status, body);
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -56,19 +53,8 @@ impl IntoResponse for PublishError {
     }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
-    }
-    diff == 0
-}
-
 pub(crate) fn authorized(publisher: &Publisher, headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some((scheme, token)) = value.split_once(' ') else { return false };
-    scheme.eq_ignore_ascii_case("bearer") && constant_time_eq(token.trim().as_bytes(), publisher.config.publish_token.as_bytes())
+    tidings_process::http::bearer_is(headers, &publisher.config.publish_token)
 }
 
 /// Parses and validates the body: one event or an array of them, for `workspace_id`.
@@ -166,34 +152,10 @@ async fn publish_events(publisher: &Publisher, events: Vec<Event>) -> Result<Vec
     Ok(ids)
 }
 
-pub async fn healthz() -> Response {
-    (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response()
-}
-
+/// `GET /readyz` of the publisher: its broker, as [`Readiness`](crate::Readiness) checks it.
 pub async fn readyz(State(publisher): State<Arc<Publisher>>) -> Response {
-    if publisher.readiness.check(publisher.broker.as_ref()).await {
-        (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
-    } else {
-        let body = serde_json::json!({"error": {"code": error::UNAVAILABLE, "message": "broker unreachable"}});
-        (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Json(body)).into_response()
-    }
-}
-
-pub async fn metrics(State(registry): State<prometheus::Registry>) -> Response {
-    // Gathering reads /proc (the process collector): blocking file I/O, kept off the runtime's workers.
-    let gathered = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        let _ = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out);
-        out
-    })
-    .await;
-    match gathered {
-        Ok(out) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response(),
-        Err(e) => {
-            let body = serde_json::json!({"error": {"code": error::INTERNAL, "message": format!("gathering metrics failed: {e}")}});
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
-        }
-    }
+    let ready = publisher.readiness.check(publisher.broker.as_ref()).await;
+    tidings_process::http::readiness((!ready).then_some("broker unreachable"))
 }
 
 #[cfg(test)]
@@ -223,14 +185,5 @@ mod tests {
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
         assert!(parse_events("bad ws", br#"{"type":"a"}"#).is_err());
-    }
-
-    #[test]
-    fn constant_time_eq_is_equality() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"", b"a"));
-        assert!(constant_time_eq(b"", b""));
     }
 }

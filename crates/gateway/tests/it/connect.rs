@@ -1,7 +1,7 @@
 //! SPEC §3.2: every way in, and every refusal before the upgrade.
 
 use serde_json::json;
-use tidings_gateway::auth::{Audience, unix_now};
+use tidings_token::{Audience, unix_now};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::*;
@@ -80,7 +80,7 @@ async fn every_401() {
     wrong_iss.iss = Some("evil".into());
     let mut wrong_aud = good();
     wrong_aud.aud = Some(Audience::One("other".into()));
-    let other_secret = tidings_gateway::auth::sign_hs256("not-the-secret", &good()).unwrap();
+    let other_secret = tidings_token::sign_hs256("not-the-secret", &good()).unwrap();
     let cases = [
         ("not.a.jwt".to_string(), "token_invalid"),
         (other_secret, "token_bad_signature"),

@@ -9,8 +9,8 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 use tidings_broker::{Broker, BrokerError, HistoryPage, LatestEvent, MemoryBroker};
-use tidings_gateway::auth::unix_now;
 use tidings_protocol::{Event, EventId};
+use tidings_token::unix_now;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
@@ -166,21 +166,8 @@ impl Broker for PanicsOnLatest {
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
         self.0.is_revoked(jti)
     }
-    fn publish_once<'a>(
-        &'a self,
-        c: &'a tidings_broker::DeliveryClaim,
-        e: Vec<tidings_protocol::Event>,
-    ) -> BoxFuture<'a, Result<tidings_broker::PublishedOnce, BrokerError>> {
-        self.0.publish_once(c, e)
-    }
     fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>> {
         self.0.revoke(jti, exp)
-    }
-    fn link_entity<'a>(&'a self, s: &'a str, k: &'a str, r: Option<&'a str>) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.0.link_entity(s, k, r)
-    }
-    fn linked_entity<'a>(&'a self, s: &'a str, k: &'a str) -> BoxFuture<'a, Result<Option<String>, BrokerError>> {
-        self.0.linked_entity(s, k)
     }
 }
 

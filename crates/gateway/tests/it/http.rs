@@ -162,7 +162,7 @@ async fn admin_endpoints() {
 async fn an_sse_stream_ends_with_a_close_event_when_its_token_expires() {
     let gw = TestGateway::start().await;
     let mut claims = claims("acme", "u");
-    claims.exp = tidings_gateway::auth::unix_now() + 1;
+    claims.exp = tidings_token::unix_now() + 1;
     let response =
         reqwest::Client::new().get(format!("{}/v1/workspaces/acme/events/stream?token={}", gw.base(), sign(&claims))).send().await.unwrap();
     assert_eq!(response.status(), 200);

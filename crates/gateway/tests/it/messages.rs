@@ -84,7 +84,7 @@ async fn an_expiring_token_closes_4001_unless_refreshed() {
     let gw = TestGateway::start().await;
     let mut short = claims("acme", "u");
     // Expires within a couple of seconds; the jsonwebtoken leeway lets it in.
-    short.exp = tidings_gateway::auth::unix_now() + 1;
+    short.exp = tidings_token::unix_now() + 1;
     let mut c = Client::connect(&gw.ws_url(&format!("token={}", sign(&short)))).await.unwrap();
     assert_eq!(c.next_json().await["type"], "connected");
     assert_eq!(c.read_until_close().await.1, Some(4001));

@@ -7,10 +7,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tidings_broker::{Broker, MemoryBroker, MessageHandler};
-use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
 use tidings_gateway::metrics::GatewayMetrics;
 use tidings_gateway::{GatewayConfig, Node, server};
 use tidings_protocol::Event;
+use tidings_token::{Claims, sign_hs256, unix_now};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -144,7 +144,7 @@ pub const AUDIENCE: &str = "tidings";
 pub fn issued_claims(workspace: &str, sub: &str) -> Claims {
     let mut c = claims(workspace, sub);
     c.iss = Some(ISSUER.into());
-    c.aud = Some(tidings_gateway::auth::Audience::One(AUDIENCE.into()));
+    c.aud = Some(tidings_token::Audience::One(AUDIENCE.into()));
     c
 }
 

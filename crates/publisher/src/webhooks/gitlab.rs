@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::{Draft, Parsed, WebhookError, json_field as field, json_required as required};
-use crate::publish::constant_time_eq;
 use crate::routes::Subject;
+use tidings_process::http::constant_time_eq;
 
 pub fn verify(secret: &str, token_header: Option<&str>) -> Result<(), WebhookError> {
     match token_header {

@@ -7,12 +7,13 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tidings_broker::{DeliveryClaim, PublishedOnce};
+use tidings_process::http::error_response;
 use tidings_protocol::Event;
 use tidings_protocol::codes::error;
 use tracing::Instrument;
@@ -26,14 +27,6 @@ use crate::routes::Destination;
 pub struct WebhookQuery {
     /// Routes the delivery to this workspace, whatever the routes file says.
     pub workspace_id: Option<String>,
-}
-
-fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let mut response = (status, Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -116,12 +109,13 @@ pub async fn gitlab(
 
 /// The `Authorization: Bearer` token of a request, checked in constant time.
 fn check_bearer(expected: &str, headers: &HeaderMap) -> Result<(), WebhookError> {
-    let value = header_str(headers, "authorization").ok_or_else(|| WebhookError::Unauthorized("missing Authorization: Bearer".into()))?;
-    let token = value.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, t)| t.trim());
-    match token {
-        Some(t) if crate::publish::constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(WebhookError::Unauthorized("wrong bearer token".into())),
+    if header_str(headers, "authorization").is_none() {
+        return Err(WebhookError::Unauthorized("missing Authorization: Bearer".into()));
     }
+    if !tidings_process::http::bearer_is(headers, expected) {
+        return Err(WebhookError::Unauthorized("wrong bearer token".into()));
+    }
+    Ok(())
 }
 
 /// `POST /webhooks/backstage`.
@@ -199,7 +193,7 @@ async fn handle(
     // takes that entity's ref over the default template; an explicit template wins.
     if !destination.explicit_entity_ref
         && let Some((link_source, key)) = link_key(source, &subject)
-        && let Ok(Some(linked)) = publisher.broker.linked_entity(link_source, &key).await
+        && let Ok(Some(linked)) = publisher.deliveries.linked_entity(link_source, &key).await
     {
         destination.entity_ref = Some(linked);
     }
@@ -221,7 +215,7 @@ async fn handle(
     for event in &mut events {
         event.trace = traceparent.clone();
     }
-    let stored = match publisher.broker.publish_once(&claim, events).instrument(span).await {
+    let stored = match publisher.deliveries.publish_once(&claim, events).instrument(span).await {
         Ok(PublishedOnce::Published(stored)) => stored,
         Ok(PublishedOnce::Duplicate) => return ("duplicate", (StatusCode::OK, Json(json!({ "duplicate": true }))).into_response()),
         Err(e) => return ("unavailable", error_response(StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE, e.to_string())),
@@ -270,7 +264,7 @@ async fn learn_links(publisher: &Publisher, subject: &crate::routes::Subject, de
     for (link_source, key) in [("github", &subject.repository), ("gitlab", &subject.gitlab_project)] {
         if let Some(key) = key {
             let target = (!deleted).then_some(entity_ref);
-            if let Err(e) = publisher.broker.link_entity(link_source, &key.to_lowercase(), target).await {
+            if let Err(e) = publisher.deliveries.link_entity(link_source, &key.to_lowercase(), target).await {
                 tracing::warn!(error = %e, "could not record the catalog link of {key}");
             }
         }

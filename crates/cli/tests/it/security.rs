@@ -2,9 +2,6 @@
 //! bound to their algorithms (PEM and JWKS), `alg: none` and algorithm
 //! confusion, key rotation, and revocation by `jti` across gateways.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +12,8 @@ use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tidings_gateway::auth::{Audience, Claims, unix_now};
 use tidings_testkit::{ServerProcess, TestRedis, http_status};
+use tidings_token::{Audience, Claims, unix_now};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -264,7 +261,7 @@ async fn revoking_a_jti_closes_it_on_every_gateway_and_refuses_it_after() {
         c.iss = None;
         c.aud = None;
         c.jti = Some(jti.into());
-        tidings_gateway::auth::sign_hs256("revocation-secret", &c).unwrap()
+        tidings_token::sign_hs256("revocation-secret", &c).unwrap()
     };
     let connect = |gw: &Gateway, t: String| {
         let url = format!("ws://127.0.0.1:{}/ws?token={t}", gw.port);
@@ -344,8 +341,8 @@ async fn tokens_never_reach_the_logs() {
     let mut c = claims();
     c.iss = None;
     c.aud = None;
-    let good = tidings_gateway::auth::sign_hs256("log-secret", &c).unwrap();
-    let bad = tidings_gateway::auth::sign_hs256("wrong-secret", &c).unwrap();
+    let good = tidings_token::sign_hs256("log-secret", &c).unwrap();
+    let bad = tidings_token::sign_hs256("wrong-secret", &c).unwrap();
     assert_eq!(try_connect(&gw, &good).await.0, 101);
     assert_eq!(try_connect(&gw, &bad).await.0, 401);
     let sse = format!("http://127.0.0.1:{}/v1/workspaces/acme/events/stream?token={bad}", gw.port);
@@ -390,16 +387,13 @@ async fn limits_and_refusals_on_a_real_gateway() {
     let mut c = claims();
     c.iss = None;
     c.aud = None;
-    let token = tidings_gateway::auth::sign_hs256("limits-secret", &c).unwrap();
+    let token = tidings_token::sign_hs256("limits-secret", &c).unwrap();
     let url = |extra: &str| format!("ws://127.0.0.1:{}/ws?token={token}{extra}", gw.port);
 
     // Foreign workspace, bad origin.
     assert_eq!(
-        try_connect(
-            &gw,
-            &tidings_gateway::auth::sign_hs256("limits-secret", &Claims { workspace_id: Some("other".into()), ..c.clone() }).unwrap()
-        )
-        .await,
+        try_connect(&gw, &tidings_token::sign_hs256("limits-secret", &Claims { workspace_id: Some("other".into()), ..c.clone() }).unwrap())
+            .await,
         (403, "workspace_forbidden".into())
     );
     let mut request = url("").into_client_request().unwrap();

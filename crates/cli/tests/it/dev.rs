@@ -1,8 +1,5 @@
 //! `tidings` as a newcomer runs it: the real binary, real sockets, real signals.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -2,16 +2,13 @@
 //! hash-tagged keys, sharded pub/sub spread over the masters, a failover and a
 //! slot move survived without losing or repeating an event.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tidings_broker::{Broker, MessageHandler, RedisBroker, RedisConfig};
+use tidings_broker::{Broker, DeliveryStore, MessageHandler, RedisBroker, RedisConfig};
 use tidings_protocol::Event;
 use tidings_testkit::TestCluster;
 

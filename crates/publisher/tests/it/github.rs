@@ -2,17 +2,15 @@
 //! and the HTTP edge (signatures, redelivery, routing, bad input) on a real
 //! listener with the in-memory broker.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::support::Seen;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-use support::Seen;
-use tidings_broker::{Broker, MemoryBroker};
+use tidings_broker::{Broker, DeliveryStore, MemoryBroker};
 use tidings_publisher::PublisherConfig;
 use tidings_publisher::routes::Routes;
 use tidings_publisher::webhooks::{Parsed, github};
@@ -339,25 +337,19 @@ async fn a_catalog_entity_claiming_the_repository_decides_the_entity_ref() {
     );
 }
 
-/// The in-memory broker whose next claimed publishes fail before storing
-/// anything, as when Redis is briefly unreachable.
+/// The in-memory broker's delivery store, except that its next claimed
+/// publishes fail before storing anything, as when Redis is briefly unreachable.
 struct FailingPublishes {
-    inner: MemoryBroker,
+    inner: Arc<MemoryBroker>,
     failures_left: Mutex<u32>,
 }
 
-impl Broker for FailingPublishes {
-    fn publish(
-        &self,
-        event: tidings_protocol::Event,
-    ) -> futures_util::future::BoxFuture<'_, Result<tidings_protocol::Event, tidings_broker::BrokerError>> {
-        self.inner.publish(event)
-    }
+impl DeliveryStore for FailingPublishes {
     fn publish_once<'a>(
         &'a self,
         claim: &'a tidings_broker::DeliveryClaim,
         events: Vec<tidings_protocol::Event>,
-    ) -> futures_util::future::BoxFuture<'a, Result<tidings_broker::PublishedOnce, tidings_broker::BrokerError>> {
+    ) -> BoxFuture<'a, Result<tidings_broker::PublishedOnce, tidings_broker::BrokerError>> {
         let mut left = self.failures_left.lock().unwrap();
         if *left > 0 {
             *left -= 1;
@@ -365,55 +357,10 @@ impl Broker for FailingPublishes {
         }
         self.inner.publish_once(claim, events)
     }
-    fn revoke<'a>(
-        &'a self,
-        jti: &'a str,
-        exp: Option<u64>,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
-        self.inner.revoke(jti, exp)
-    }
-    fn publish_live(&self, event: tidings_protocol::Event) -> futures_util::future::BoxFuture<'_, Result<(), tidings_broker::BrokerError>> {
-        self.inner.publish_live(event)
-    }
-    fn subscribe<'a>(&'a self, w: &'a str) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
-        self.inner.subscribe(w)
-    }
-    fn unsubscribe<'a>(&'a self, w: &'a str) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
-        self.inner.unsubscribe(w)
-    }
-    fn history<'a>(
-        &'a self,
-        w: &'a str,
-        since: Option<tidings_protocol::EventId>,
-        limit: usize,
-    ) -> futures_util::future::BoxFuture<'a, Result<tidings_broker::HistoryPage, tidings_broker::BrokerError>> {
-        self.inner.history(w, since, limit)
-    }
-    fn latest<'a>(
-        &'a self,
-        w: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Vec<tidings_broker::LatestEvent>, tidings_broker::BrokerError>> {
-        self.inner.latest(w)
-    }
-    fn is_ready(&self) -> futures_util::future::BoxFuture<'_, bool> {
-        self.inner.is_ready()
-    }
-    fn is_revoked<'a>(&'a self, jti: &'a str) -> futures_util::future::BoxFuture<'a, Result<bool, tidings_broker::BrokerError>> {
-        self.inner.is_revoked(jti)
-    }
-    fn link_entity<'a>(
-        &'a self,
-        s: &'a str,
-        k: &'a str,
-        r: Option<&'a str>,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
+    fn link_entity<'a>(&'a self, s: &'a str, k: &'a str, r: Option<&'a str>) -> BoxFuture<'a, Result<(), tidings_broker::BrokerError>> {
         self.inner.link_entity(s, k, r)
     }
-    fn linked_entity<'a>(
-        &'a self,
-        s: &'a str,
-        k: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Option<String>, tidings_broker::BrokerError>> {
+    fn linked_entity<'a>(&'a self, s: &'a str, k: &'a str) -> BoxFuture<'a, Result<Option<String>, tidings_broker::BrokerError>> {
         self.inner.linked_entity(s, k)
     }
 }
@@ -421,12 +368,13 @@ impl Broker for FailingPublishes {
 #[tokio::test]
 async fn a_publish_that_fails_keeps_no_claim_so_the_retry_is_published_once() {
     let (secret, _) = deliveries();
-    let broker = Arc::new(FailingPublishes { inner: MemoryBroker::new(100), failures_left: Mutex::new(1) });
+    let broker = Arc::new(MemoryBroker::new(100));
+    let failing = Arc::new(FailingPublishes { inner: broker.clone(), failures_left: Mutex::new(1) });
     let seen = Arc::new(Seen::default());
-    broker.inner.set_handler(seen.clone());
+    broker.set_handler(seen.clone());
     broker.subscribe("hello").await.unwrap();
     let config = PublisherConfig { github_secret: Some(secret), routes: Routes::parse(ROUTES).unwrap(), ..PublisherConfig::new("t") };
-    let server = Server { base: support::start(config, broker.clone()).await, seen: seen.clone() };
+    let server = Server { base: support::start_with(config, broker, failing).await, seen: seen.clone() };
 
     let (status, body) = deliver(&server, "push.branch.json", "", |_, _| {}).await;
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")));

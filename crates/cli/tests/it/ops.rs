@@ -3,9 +3,6 @@
 //! in the test; JSON log lines that name their connection and trace; and
 //! WebSocket clients balanced by a real nginx with the project's config.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,8 +12,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
 use tidings_testkit::{ServerProcess, TestRedis, wait_for};
+use tidings_token::Claims;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "ops-secret";
@@ -25,18 +22,7 @@ const ARGOCD_TOKEN: &str = "ops-argocd-token";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn token(workspace: &str) -> String {
-    let claims = Claims {
-        sub: "ops-user".into(),
-        exp: unix_now() + 3600,
-        nbf: None,
-        iat: None,
-        jti: None,
-        iss: None,
-        aud: None,
-        workspace_id: Some(workspace.into()),
-        workspaces: None,
-    };
-    sign_hs256(SECRET, &claims).unwrap()
+    Claims::for_workspace(workspace, "ops-user", Duration::from_secs(3600)).sign_hs256(SECRET).unwrap()
 }
 
 /// An OTLP/HTTP receiver: answers every `POST /v1/traces` with 200 and keeps

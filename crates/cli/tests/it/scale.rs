@@ -1,18 +1,15 @@
 //! Horizontal scale on a real Redis: several gateway processes and a publisher
 //! process, clients spread over the gateways, gateway crashes and Redis restarts.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tidings_gateway::auth::{Claims, sign_hs256, unix_now};
 use tidings_protocol::EventId;
 use tidings_testkit::{ServerProcess, TestCluster, TestRedis, http_status, wait_for};
+use tidings_token::Claims;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "scale-secret";
@@ -71,18 +68,7 @@ fn spawn(binary: &str, redis: &dyn Backend, name: &str) -> Proc {
 }
 
 fn token(workspace: &str) -> String {
-    let claims = Claims {
-        sub: format!("user-{workspace}"),
-        exp: unix_now() + 3600,
-        nbf: None,
-        iat: None,
-        jti: None,
-        iss: None,
-        aud: None,
-        workspace_id: Some(workspace.into()),
-        workspaces: None,
-    };
-    sign_hs256(SECRET, &claims).unwrap()
+    Claims::for_workspace(workspace, &format!("user-{workspace}"), Duration::from_secs(3600)).sign_hs256(SECRET).unwrap()
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -1,14 +1,11 @@
 //! The Redis broker against a real redis-server started on a free port.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tidings_broker::{Broker, DeliveryClaim, MessageHandler, PublishedOnce, RedisBroker, RedisConfig};
+use tidings_broker::{Broker, DeliveryClaim, DeliveryStore, MessageHandler, PublishedOnce, RedisBroker, RedisConfig};
 use tidings_protocol::{Event, EventId};
 use tidings_testkit::TestRedis;
 

@@ -1,15 +1,12 @@
 //! GitLab webhooks: every fixture through the source module, and the HTTP edge.
 
-// Test code: a panic is the failure report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::support::Seen;
 use serde_json::{Value, json};
-use support::Seen;
 use tidings_broker::{Broker, MemoryBroker};
 use tidings_publisher::PublisherConfig;
 use tidings_publisher::routes::Routes;

@@ -1,0 +1,181 @@
+//! The outbox's unit tests: bounds, conflation, lagged markers, condemnation
+//! and the replay's wait for room.
+
+use super::*;
+
+fn ev(event_type: &str, entity: Option<&str>, id: u64) -> Arc<PreparedEvent> {
+    Arc::new(PreparedEvent {
+        event_type: event_type.into(),
+        entity_ref: entity.map(String::from),
+        id: Some(EventId::new(id, 0)),
+        published_at: None,
+        text: format!("{id}").into(),
+        trace: None,
+    })
+}
+
+fn drain(outbox: &Outbox) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(item) = outbox.try_pop() {
+        out.push(match item {
+            Outgoing::Event(e) => e.text.to_string(),
+            Outgoing::Control(t) => format!("ctl:{t}"),
+            Outgoing::Lagged(n) => format!("lagged:{n}"),
+            Outgoing::Close(code, _) => {
+                out.push(format!("close:{code}"));
+                break;
+            }
+        });
+    }
+    out
+}
+
+/// Room for `n` of the one-character events of `ev`.
+fn room_for(n: usize) -> usize {
+    n * (SLOT_OVERHEAD + 1)
+}
+
+#[test]
+fn drops_beyond_capacity_leave_one_lagged_marker_at_the_gap() {
+    let outbox = Outbox::new(room_for(2));
+    for id in 1..=4 {
+        outbox.push_event(ev("t", None, id));
+    }
+    assert_eq!(drain(&outbox), ["1", "2", "lagged:2"]);
+    assert_eq!(outbox.push_event(ev("t", None, 5)), Pushed::Queued, "caught up: room again");
+    assert_eq!(drain(&outbox), ["5"]);
+    assert_eq!(outbox.queued_bytes(), 0, "what was sent is no longer counted");
+}
+
+#[test]
+fn the_bound_counts_bytes_not_items() {
+    let outbox = Outbox::new(1000);
+    let big = |id| {
+        Arc::new(PreparedEvent {
+            event_type: "t".into(),
+            entity_ref: None,
+            id: Some(EventId::new(id, 0)),
+            published_at: None,
+            text: "x".repeat(400).into(),
+            trace: None,
+        })
+    };
+    assert_eq!(outbox.push_event(big(1)), Pushed::Queued);
+    assert_eq!(outbox.push_event(big(2)), Pushed::Queued);
+    assert_eq!(outbox.push_event(big(3)), Pushed::Dropped, "a third 400-byte event does not fit in 1000 bytes");
+    assert_eq!(outbox.push_event(ev("t", None, 4)), Pushed::Dropped);
+}
+
+#[test]
+fn a_reply_that_does_not_fit_condemns_the_client_instead_of_growing() {
+    let outbox = Outbox::new(1000);
+    outbox.push_control("x".repeat(5000));
+    assert!(!outbox.is_closing(), "any single reply fits an empty queue");
+    outbox.push_control("x".repeat(500));
+    assert_eq!(drain(&outbox), ["close:4009"]);
+}
+
+#[test]
+fn conflation_replaces_the_older_metrics_of_the_same_entity_first() {
+    let outbox = Outbox::new(room_for(2));
+    outbox.push_event(ev("metrics_update", Some("host:default/a"), 1));
+    outbox.push_event(ev("deployment_update", Some("host:default/a"), 2));
+    assert_eq!(outbox.push_event(ev("metrics_update", Some("host:default/a"), 3)), Pushed::Conflated);
+    assert_eq!(outbox.push_event(ev("metrics_update", Some("host:default/b"), 4)), Pushed::Dropped);
+    assert_eq!(drain(&outbox), ["2", "3", "lagged:1"]);
+    let outbox = Outbox::new(room_for(3));
+    for id in 1..=3 {
+        outbox.push_event(ev("health_update", Some("host:default/a"), id));
+    }
+    assert_eq!(outbox.push_event(ev("health_update", Some("host:default/a"), 4)), Pushed::Conflated);
+    assert_eq!(outbox.push_event(ev("alert", None, 5)), Pushed::Queued, "conflation freed room");
+    assert_eq!(drain(&outbox), ["4", "5"]);
+}
+
+#[test]
+fn a_client_that_stays_behind_is_condemned_with_4009() {
+    let outbox = Outbox::new(room_for(3));
+    let outcomes: Vec<Pushed> = (1..=7).map(|id| outbox.push_event(ev("t", None, id))).collect();
+    assert_eq!(outcomes[..3], [Pushed::Queued; 3]);
+    assert_eq!(outcomes[3..6], [Pushed::Dropped; 3]);
+    assert_eq!(outcomes[6], Pushed::Condemned);
+    assert_eq!(drain(&outbox), ["close:4009"]);
+    assert_eq!(outbox.push_event(ev("t", None, 8)), Pushed::Closed);
+}
+
+#[tokio::test]
+async fn replay_goes_before_held_live_events_without_duplicates() {
+    let outbox = Outbox::new(room_for(10));
+    outbox.hold();
+    outbox.push_event(ev("t", None, 3)); // live, also part of the replay
+    outbox.push_event(ev("t", None, 4));
+    outbox.push_control("connected");
+    for id in [2, 3] {
+        assert!(outbox.push_replay(ev("t", None, id)).await);
+    }
+    assert!(outbox.try_release(EventId::new(3, 0)));
+    assert_eq!(drain(&outbox), ["ctl:connected", "2", "3", "4"]);
+    assert_eq!(outbox.last_sent(), Some(EventId::new(4, 0)));
+    outbox.push_event(ev("t", None, 4));
+    assert_eq!(drain(&outbox), Vec::<String>::new(), "an id already sent is not sent again");
+}
+
+#[tokio::test]
+async fn a_replay_waits_for_room_and_live_events_dropped_meanwhile_are_replayed_on() {
+    let outbox = Arc::new(Outbox::new(room_for(2)));
+    outbox.hold();
+    assert!(outbox.push_replay(ev("t", None, 1)).await);
+    assert!(outbox.push_replay(ev("t", None, 2)).await);
+    // Full: live events wait aside and, past the bound, are dropped but remembered.
+    outbox.push_event(ev("t", None, 3));
+    let waiting = tokio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.push_replay(ev("t", None, 3)).await }
+    });
+    assert_eq!(drain(&outbox), ["1", "2"]);
+    assert!(waiting.await.unwrap(), "the writer made room");
+    assert!(!outbox.try_release(EventId::new(2, 0)), "event 3 was dropped from the held lane: replay on");
+    assert!(outbox.try_release(EventId::new(3, 0)));
+    assert_eq!(drain(&outbox), ["3"]);
+}
+
+#[test]
+fn a_hold_ended_without_its_replay_reports_what_it_dropped() {
+    let outbox = Outbox::new(room_for(1));
+    outbox.push_event(ev("t", None, 1));
+    outbox.hold();
+    outbox.push_event(ev("t", None, 2));
+    outbox.push_event(ev("t", None, 3));
+    outbox.release_without_replay();
+    assert_eq!(drain(&outbox), ["1", "lagged:2"]);
+}
+
+#[tokio::test]
+async fn hold_puts_unsent_live_events_aside_so_a_replay_keeps_id_order() {
+    let outbox = Outbox::new(room_for(10));
+    outbox.push_event(ev("t", None, 5));
+    outbox.push_control("subscribed");
+    outbox.hold();
+    assert!(outbox.push_replay(ev("t", None, 4)).await);
+    assert!(outbox.push_replay(ev("t", None, 5)).await);
+    assert!(outbox.try_release(EventId::new(5, 0)));
+    assert_eq!(drain(&outbox), ["ctl:subscribed", "4", "5"]);
+}
+
+#[test]
+fn a_queued_close_waits_for_earlier_replies() {
+    let outbox = Outbox::new(room_for(10));
+    outbox.push_control("error");
+    outbox.close_after_queued(close::RATE_LIMITED, "too many messages");
+    assert_eq!(outbox.push_event(ev("t", None, 1)), Pushed::Closed);
+    assert_eq!(drain(&outbox), ["ctl:error", "close:4008"]);
+}
+
+#[test]
+fn close_wins_over_queued_items() {
+    let outbox = Outbox::new(room_for(10));
+    outbox.push_event(ev("t", None, 1));
+    outbox.close(close::DRAINING, "draining");
+    outbox.close(close::NORMAL, "later");
+    assert_eq!(drain(&outbox), ["close:1012"]);
+}
