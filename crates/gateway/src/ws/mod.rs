@@ -11,10 +11,6 @@ mod reader;
 mod tests;
 mod writer;
 
-pub(crate) use self::frames::until_unix;
-use self::frames::{FrameSink, FrameStream, send_close};
-use self::reader::{FrameError, Opening, Session, read_side};
-use self::writer::{WRITE_COALESCE_BYTES, write_loop};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -25,6 +21,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
+use tidings_broker::BrokerError;
+use tidings_process::http::bearer;
 use tidings_protocol::codes::close;
 use tidings_protocol::messages::parse_client_message;
 use tidings_protocol::{ClientMessage, EventId, Filter, ServerMessage};
@@ -33,15 +31,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use tidings_process::http::bearer;
-
+pub(crate) use self::frames::until_unix;
+use self::frames::{FrameSink, FrameStream, send_close};
+use self::reader::{FrameError, Opening, Session, read_side};
+use self::writer::{WRITE_COALESCE_BYTES, write_loop};
 use crate::access::{Access, authorize, check_origin, expires_at, parse_filter, parse_since};
 use crate::error::ApiError;
 use crate::hub::Transport;
 use crate::node::{Admission, Node, Registration, Slot};
 use crate::rate::TokenBucket;
 use crate::replay::Replay;
-use tidings_broker::BrokerError;
 
 /// Query parameters of `GET /ws`.
 #[derive(Debug, Default, Deserialize)]

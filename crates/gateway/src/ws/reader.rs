@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tidings_protocol::codes::{close, error};
 use tidings_protocol::messages::{encode_history, parse_client_message};
 use tidings_protocol::timestamp::now_rfc3339;
-use tidings_protocol::{ClientMessage, ServerMessage};
+use tidings_protocol::{ClientMessage, Filter, ServerMessage};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,6 @@ use crate::node::{Admission, Node, Registration};
 use crate::outbox::PreparedEvent;
 use crate::rate::TokenBucket;
 use crate::replay::Replay;
-use tidings_protocol::Filter;
 
 /// Default and largest `limit` of `request_history`.
 const HISTORY_DEFAULT_LIMIT: usize = 100;
