@@ -159,6 +159,14 @@ pub trait Broker: Send + Sync + 'static {
     /// then `PUBLISH tidings:revocations <jti>`): every gateway
     /// refuses it from now on and closes its live connections with 4003.
     fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Stops the broker's background tasks (the pub/sub connection and its
+    /// retries) and waits until they are gone, so a process that shuts down
+    /// leaves nothing running. Delivery to this process ends here; commands
+    /// still work. Called last, after every connection has drained.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// What only a publisher needs: webhook deliveries published at most once, and

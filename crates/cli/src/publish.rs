@@ -38,7 +38,9 @@ async fn publish_to_redis(args: &PublishArgs, url: &str, event: Event) -> anyhow
     use tidings_broker::{Broker, PublishOnly, RedisBroker};
     let broker = RedisBroker::connect(args.redis.config(url, args.history.events()), std::sync::Arc::new(PublishOnly))
         .map_err(|e| UsageError(format!("TIDINGS_REDIS_URL: {e}")))?;
-    let stored = broker.publish(event).await.context("publishing to Redis")?;
+    let stored = broker.publish(event).await;
+    broker.close().await;
+    let stored = stored.context("publishing to Redis")?;
     Ok(stored.id.map(|id| id.to_string()).unwrap_or_default())
 }
 

@@ -27,7 +27,9 @@ pub fn main(args: RevokeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let broker = RedisBroker::connect(args.redis.config(url, 1), std::sync::Arc::new(PublishOnly))
             .map_err(|e| UsageError(format!("TIDINGS_REDIS_URL: {e}")))?;
-        broker.revoke(&args.jti, args.exp).await.context("revoking in Redis")?;
+        let revoked = broker.revoke(&args.jti, args.exp).await;
+        broker.close().await;
+        revoked.context("revoking in Redis")?;
         anyhow::Ok(())
     })?;
     println!("revoked {}", args.jti);

@@ -85,8 +85,13 @@ pub async fn serve(
         tracing::warn!(remaining = node.hub.total(), "drain period over; closing the rest");
     }
     stop_http.cancel();
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+    let served = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(result) => result.map_err(std::io::Error::other)?,
         Err(_) => Ok(()),
+    };
+    // Last: the pub/sub connection fed the connections until they were gone.
+    if tokio::time::timeout(SHUTDOWN_GRACE, node.broker.close()).await.is_err() {
+        tracing::warn!("broker tasks still running at exit");
     }
+    served
 }

@@ -12,6 +12,7 @@ use tidings_process::options::ServeArgs;
 use tidings_process::{parse_args_or_exit, shutdown_signal};
 use tidings_publisher::{Publisher, PublisherMetrics, Readiness};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Turns webhooks, host metrics and HTTP publishes into Tidings events.
 #[derive(Debug, Parser)]
@@ -81,15 +82,19 @@ fn main() -> ExitCode {
         // Ready when Redis answers commands; the pub/sub connection is not ours to need.
         let publisher = Publisher::with_stores(config, broker.clone(), store, metrics, Readiness::RedisCommands(redis));
         let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
         if let Some(workspace) = args.metrics_workspace.clone() {
             let interval = Duration::from_millis(args.metrics_interval_ms);
-            tokio::spawn(tidings_publisher::host_metrics::run(broker.clone(), workspace, interval, stop.clone()));
+            tasks.spawn(tidings_publisher::host_metrics::run(broker.clone(), workspace, interval, stop.clone()));
         }
+        tasks.close();
         let listen = args.serve.listen_or(SocketAddr::from(([0, 0, 0, 0], 8090)));
         let listener = tidings_process::listen(listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "publisher listening");
         axum::serve(listener, tidings_publisher::router(publisher, registry)).with_graceful_shutdown(shutdown_signal()).await?;
         stop.cancel();
+        tasks.wait().await;
+        broker.close().await;
         Ok(())
     });
     match result {

@@ -185,7 +185,7 @@ async fn cluster_read_pushes(
                     // replica. Subscribe again where the slot lives now; the
                     // confirmation triggers the replay above.
                     tracing::info!(channel, "shard channel moved; re-subscribing");
-                    tokio::spawn(resubscribe(shared.clone(), channel));
+                    state.spawn(resubscribe(shared.clone(), channel));
                 } else {
                     confirmed.remove(&channel);
                 }

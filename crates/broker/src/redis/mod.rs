@@ -32,6 +32,7 @@ use tidings_protocol::keys::{REVOCATIONS_CHANNEL, WorkspaceKeys};
 use tidings_protocol::payloads::is_conflatable;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::cluster::cluster_pubsub_loop;
 use self::commands::{COMMAND_TIMEOUT, Commands};
@@ -152,11 +153,13 @@ impl RedisBroker {
             positions: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
+            tasks: TaskTracker::new(),
+            closing: CancellationToken::new(),
         });
         match subscriber {
-            SubscriberSource::Single(client) => tokio::spawn(pubsub_loop(*client, Arc::downgrade(&shared))),
-            SubscriberSource::Cluster(client, rx) => tokio::spawn(cluster_pubsub_loop(*client, rx, Arc::downgrade(&shared))),
-        };
+            SubscriberSource::Single(client) => shared.spawn(pubsub_loop(*client, Arc::downgrade(&shared))),
+            SubscriberSource::Cluster(client, rx) => shared.spawn(cluster_pubsub_loop(*client, rx, Arc::downgrade(&shared))),
+        }
         Ok(Self { shared, script: Arc::new(redis::Script::new(PUBLISH_SCRIPT)) })
     }
 
@@ -312,6 +315,16 @@ impl Broker for RedisBroker {
 
     fn is_ready(&self) -> BoxFuture<'_, bool> {
         self.ping().boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.shared.closing.cancel();
+            self.shared.tasks.close();
+            self.shared.tasks.wait().await;
+            self.shared.set_connected(false);
+        }
+        .boxed()
     }
 
     fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>> {

@@ -14,6 +14,7 @@ use redis::aio::PubSubSink;
 use tidings_protocol::EventId;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::commands::{COMMAND_TIMEOUT, Commands, unavailable};
 use crate::{BrokerError, MessageHandler};
@@ -90,9 +91,33 @@ pub(super) struct Shared {
     pub(super) positions: Mutex<HashMap<String, EventId>>,
     pub(super) connected: AtomicBool,
     pub(super) reconnects: AtomicU64,
+    /// Every background task of this broker: the pub/sub loop and the
+    /// re-subscribes it starts. [`RedisBroker::close`](super::RedisBroker) waits on it.
+    pub(super) tasks: TaskTracker,
+    /// Cancelled by `close`, or when the last handle is dropped: ends every task
+    /// at once (dropping a connection closes it) instead of at their next wake-up.
+    pub(super) closing: CancellationToken,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.closing.cancel();
+    }
 }
 
 impl Shared {
+    /// Runs `task` in the broker's tracker until it ends or the broker closes.
+    pub(super) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let closing = self.closing.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                () = closing.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+
     /// Records whether pub/sub is up, and tells the handler (a gauge, at the gateway).
     pub(super) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
@@ -218,7 +243,7 @@ impl Shared {
                 // The cluster connection stays; subscribe this channel again until it takes.
                 tracing::warn!(workspace_id, error = %e, "cluster ssubscribe failed; retrying in the background");
                 state.subscribed.insert(workspace_id.to_string());
-                tokio::spawn(resubscribe(Arc::downgrade(self), channel));
+                self.spawn(resubscribe(Arc::downgrade(self), channel));
             }
             Err(e) => state.abandon(&e),
         }

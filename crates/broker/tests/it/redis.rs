@@ -411,6 +411,39 @@ async fn the_pubsub_connection_survives_its_probes_and_loses_no_live_event() {
 }
 
 #[tokio::test]
+async fn close_ends_the_pubsub_connection_and_commands_keep_working() {
+    let redis = TestRedis::start();
+    let (broker, seen) = broker(&redis, 100);
+    ready(&broker).await;
+    seen.follow(&broker, "w").await;
+    wait_until("one pub/sub connection", || pubsub_connection_ages(&redis).len() == 1).await;
+    tokio::time::timeout(WAIT, broker.close()).await.expect("close waits only for the broker's own tasks");
+    wait_until("no pub/sub connection", || pubsub_connection_ages(&redis).is_empty()).await;
+    // The command pool is not a background task: a closing process can still publish.
+    let stored = broker.publish(event("w", 1)).await.unwrap();
+    assert!(stored.id.is_some());
+    assert_eq!(redis.cli(&["XLEN", "workspace:w:events"]), "1");
+    tokio::time::timeout(WAIT, broker.close()).await.expect("a second close returns at once");
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_pubsub_connection_at_once() {
+    // With a probe period longer than the wait, only the closing token (not the
+    // loop's next wake-up) can end the connection in time.
+    let redis = TestRedis::start();
+    let config = RedisConfig { pubsub_probe: Duration::from_secs(3600), ..RedisConfig::new(redis.url(), 100) };
+    let (broker, seen) = broker_with(config);
+    ready(&broker).await;
+    seen.follow(&broker, "w").await;
+    wait_until("one pub/sub connection", || pubsub_connection_ages(&redis).len() == 1).await;
+    let copy = broker.clone();
+    drop(broker);
+    assert_eq!(pubsub_connection_ages(&redis).len(), 1, "a clone still holds the broker");
+    drop(copy);
+    wait_until("no pub/sub connection", || pubsub_connection_ages(&redis).is_empty()).await;
+}
+
+#[tokio::test]
 async fn a_subscribe_that_fails_leaves_nothing_half_done() {
     // Before: a failed SUBSCRIBE left the workspace marked wanted, so the next
     // subscribe was a no-op and its live events never came; a failed stream
