@@ -7,7 +7,7 @@ nginx next to the Tidings binaries.
 
   processes   redis-server (AOF, temp dir, free port), gateway gw1 and gw2,
               one publisher, nginx with deploy/nginx/nginx.conf rewritten to
-              local ports (the same four lines crates/cli/tests/ops.rs rewrites)
+              local ports (the same four lines crates/testkit's Nginx rewrites)
   clients     N WebSocket clients through nginx, each in one workspace, with
               the semantics of crates/client: resume with `since=<last id>`,
               drop ids already seen, 1012 -> reconnect after a 0-1 s jitter,
@@ -1088,7 +1088,7 @@ class Soak:
             **common, "TIDINGS_LISTEN": f"127.0.0.1:{pport}", "TIDINGS_PUBLISH_TOKEN": PUBLISH_TOKEN,
             "TIDINGS_ARGOCD_WEBHOOK_TOKEN": ARGOCD_TOKEN, "TIDINGS_METRICS_WORKSPACE": "soak-0",
         }, port=pport)
-        # nginx: the project's config, four lines rewritten (as crates/cli/tests/ops.rs does).
+        # nginx: the project's config, four lines rewritten (as crates/testkit's Nginx does).
         self.nginx_port = free_port()
         with open(a.nginx_conf) as f:
             conf = f.read()
@@ -2542,7 +2542,7 @@ def parse_args(argv):
     p.add_argument("--history-size", type=int, default=10000)
     p.add_argument("--redis-pool-cap", type=int, default=34,
                    help="most Redis connections a gateway or publisher may hold: the command pool's max_size 32 "
-                        "(crates/broker/src/redis.rs) + pub/sub + revocations")
+                        "(crates/broker/src/redis/mod.rs) + pub/sub + revocations")
     p.add_argument("--connect-rate", type=float, default=200.0, help="initial connections per second")
     p.add_argument("--ping-secs", type=float, default=20.0, help="client {type:ping} period (crates/client: 20)")
     p.add_argument("--final-wait", type=float, default=60.0, help="seconds to wait for the clients after the load")

@@ -16,9 +16,12 @@ use tidings_process::shutdown_signal;
 use tidings_publisher::{Publisher, PublisherMetrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Lifetime of the token printed on start.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Where host metrics go when `--metrics-workspace` is not given.
+const DEV_METRICS_WORKSPACE: &str = "dev";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
@@ -31,12 +34,8 @@ pub struct DevArgs {
     /// Bearer token of the publish API (default: a random one, printed on start).
     #[arg(long, env = "TIDINGS_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
-    /// Workspace that receives host metrics.
-    #[arg(long, env = "TIDINGS_METRICS_WORKSPACE", default_value = "dev")]
-    pub metrics_workspace: String,
-    /// Host metrics period in milliseconds.
-    #[arg(long, env = "TIDINGS_METRICS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    pub metrics_interval_ms: u64,
+    #[command(flatten)]
+    pub host_metrics: tidings_publisher::host_metrics::HostMetricsArgs,
 }
 
 impl DevArgs {
@@ -44,8 +43,13 @@ impl DevArgs {
     pub fn validate(&self) -> Result<(), crate::UsageError> {
         self.gateway.key_source(Some("placeholder".into())).map_err(crate::UsageError)?;
         self.webhooks.to_config(String::new()).map_err(|e| crate::UsageError(e.to_string()))?;
-        tidings_protocol::event::validate_workspace_id(&self.metrics_workspace)
-            .map_err(|e| crate::UsageError(format!("TIDINGS_METRICS_WORKSPACE: {e}")))
+        self.metrics_workspace().map(drop)
+    }
+
+    /// Where `tidings dev` publishes host metrics: `dev` unless told otherwise.
+    pub fn metrics_workspace(&self) -> Result<String, crate::UsageError> {
+        let workspace = self.host_metrics.workspace_or(Some(DEV_METRICS_WORKSPACE)).map_err(crate::UsageError)?;
+        Ok(workspace.unwrap_or_else(|| DEV_METRICS_WORKSPACE.to_string()))
     }
 }
 
@@ -125,15 +129,17 @@ pub async fn run(
     on_ready(&DevInfo { base_url: format!("http://{host}:{}", addr.port()), jwt_secret, publish_token, token });
 
     let stop_metrics = CancellationToken::new();
-    let metrics_task = tokio::spawn(tidings_publisher::host_metrics::run(
+    let tasks = TaskTracker::new();
+    tasks.spawn(tidings_publisher::host_metrics::run(
         node.broker.clone(),
-        args.metrics_workspace.clone(),
-        Duration::from_millis(args.metrics_interval_ms),
+        args.metrics_workspace()?,
+        args.host_metrics.interval(),
         stop_metrics.clone(),
     ));
+    tasks.close();
     let served = server::serve(listener, app, node, shutdown).await;
     stop_metrics.cancel();
-    let _ = metrics_task.await;
+    tasks.wait().await;
     served.context("serving")
 }
 

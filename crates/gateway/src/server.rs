@@ -47,7 +47,7 @@ pub fn router(node: Arc<Node>, registry: Registry) -> Router {
     router
         .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(tidings_process::json_errors))
+        .layer(axum::middleware::map_response(tidings_process::http::json_errors))
 }
 
 /// JSON 404 for unknown paths.

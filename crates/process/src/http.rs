@@ -1,6 +1,7 @@
 //! The HTTP pieces every Tidings server shares, each with one definition: the
 //! JSON error body (SPEC §3.1), the bearer token of a request, the
-//! `/healthz`, `/readyz` and `/metrics` answers, and the process metrics.
+//! `/healthz`, `/readyz` and `/metrics` answers, the process metrics, and the
+//! JSON shape given to errors produced below the handlers ([`json_errors`]).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -86,6 +87,31 @@ pub fn render_metrics(registry: &Registry) -> String {
 /// Adds `tidings_process_*` CPU, memory, descriptors and threads of this process to `registry`.
 pub fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "tidings")))
+}
+
+/// Gives error answers produced below the handlers (a body over the limit:
+/// 413; a request timeout: 503; an unknown route: 404) the JSON shape of every
+/// other error, `{"error":{"code":"…","message":"…"}}`. Answers that are
+/// already JSON pass untouched. Use with `axum::middleware::map_response`.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is larger than allowed"),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the request took too long; try again"),
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this endpoint does not take that method"),
+        _ => ("bad_request", "the request could not be read"),
+    };
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+    let mut json = error_response(status, code, message);
+    if let Some(retry_after) = retry_after.filter(|_| status == StatusCode::SERVICE_UNAVAILABLE) {
+        json.headers_mut().insert(header::RETRY_AFTER, retry_after);
+    }
+    json
 }
 
 #[cfg(test)]

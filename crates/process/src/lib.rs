@@ -1,8 +1,7 @@
 //! Process plumbing every Tidings binary shares: how a bad option ends the
 //! program (one line, exit 2, before binding), logs and traces ([`telemetry`]), the
-//! SIGTERM/SIGINT future that starts graceful shutdown, the JSON shape of
-//! errors produced below the handlers, and the HTTP answers every server
-//! shares ([`http`]).
+//! SIGTERM/SIGINT future that starts graceful shutdown, the listen backlog, and
+//! the HTTP answers every server shares, errors included ([`http`]).
 
 pub mod http;
 pub mod options;
@@ -43,32 +42,6 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-}
-
-/// Gives error answers produced below the handlers (a body over the limit:
-/// 413; a request timeout: 503; an unknown route: 404) the JSON shape of every
-/// other error, `{"error":{"code":"…","message":"…"}}`. Answers that are
-/// already JSON pass untouched. Use with `axum::middleware::map_response`.
-pub async fn json_errors(response: axum::response::Response) -> axum::response::Response {
-    use axum::http::{StatusCode, header};
-    let status = response.status();
-    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let (code, message) = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is larger than allowed"),
-        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the request took too long; try again"),
-        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this endpoint does not take that method"),
-        _ => ("bad_request", "the request could not be read"),
-    };
-    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-    let mut json = http::error_response(status, code, message);
-    if let Some(retry_after) = retry_after.filter(|_| status == StatusCode::SERVICE_UNAVAILABLE) {
-        json.headers_mut().insert(header::RETRY_AFTER, retry_after);
-    }
-    json
 }
 
 /// Accept queue of the listening sockets: a reconnect storm (a drained

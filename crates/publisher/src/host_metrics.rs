@@ -11,6 +11,32 @@ use tidings_protocol::Event;
 use tidings_protocol::payloads::{HostNetwork, HostStorage, Metrics, MetricsUpdate};
 use tokio_util::sync::CancellationToken;
 
+/// Where and how often host metrics are published: the options of
+/// `tidings-publisher` and `tidings dev`, flattened into each.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostMetricsArgs {
+    /// Workspace that receives host metrics (tidings-publisher: unset = host
+    /// metrics off; tidings dev: `dev` when unset).
+    #[arg(long, env = "TIDINGS_METRICS_WORKSPACE")]
+    pub metrics_workspace: Option<String>,
+    /// Host metrics period in milliseconds.
+    #[arg(long, env = "TIDINGS_METRICS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub metrics_interval_ms: u64,
+}
+
+impl HostMetricsArgs {
+    /// The workspace, or `default` when none is set; an error names the option.
+    pub fn workspace_or(&self, default: Option<&str>) -> Result<Option<String>, String> {
+        let Some(workspace) = self.metrics_workspace.as_deref().or(default) else { return Ok(None) };
+        tidings_protocol::event::validate_workspace_id(workspace).map_err(|e| format!("TIDINGS_METRICS_WORKSPACE: {e}"))?;
+        Ok(Some(workspace.to_string()))
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.metrics_interval_ms)
+    }
+}
+
 /// Keeps the sysinfo handles between samples (CPU usage and network rates are
 /// differences between two refreshes).
 pub struct HostSampler {

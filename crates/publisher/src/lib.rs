@@ -167,7 +167,7 @@ pub fn api_router(publisher: Arc<Publisher>) -> Router {
         .route("/webhooks/argocd", post(webhooks::http::argocd))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
-        .layer(axum::middleware::map_response(tidings_process::json_errors))
+        .layer(axum::middleware::map_response(tidings_process::http::json_errors))
         .with_state(publisher)
 }
 
@@ -187,7 +187,7 @@ pub fn router(publisher: Arc<Publisher>, registry: prometheus::Registry) -> Rout
         .merge(admin)
         .merge(metrics)
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
-        .layer(axum::middleware::map_response(tidings_process::json_errors))
+        .layer(axum::middleware::map_response(tidings_process::http::json_errors))
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use tidings_broker::options::{HistoryArgs, RedisArgs};
@@ -27,12 +26,8 @@ struct Args {
     publish_token: Option<String>,
     #[command(flatten)]
     history: HistoryArgs,
-    /// Workspace that receives host metrics (unset = host metrics off).
-    #[arg(long, env = "TIDINGS_METRICS_WORKSPACE")]
-    metrics_workspace: Option<String>,
-    /// Host metrics period in milliseconds.
-    #[arg(long, env = "TIDINGS_METRICS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    metrics_interval_ms: u64,
+    #[command(flatten)]
+    host_metrics: tidings_publisher::host_metrics::HostMetricsArgs,
     #[command(flatten)]
     webhooks: tidings_publisher::WebhookArgs,
 }
@@ -51,11 +46,10 @@ fn main() -> ExitCode {
     let Some(publish_token) = args.publish_token.clone().filter(|t| !t.is_empty()) else {
         return usage_error("TIDINGS_PUBLISH_TOKEN is required");
     };
-    if let Some(w) = &args.metrics_workspace
-        && let Err(e) = tidings_protocol::event::validate_workspace_id(w)
-    {
-        return usage_error(&format!("TIDINGS_METRICS_WORKSPACE: {e}"));
-    }
+    let metrics_workspace = match args.host_metrics.workspace_or(None) {
+        Ok(workspace) => workspace,
+        Err(e) => return usage_error(&e),
+    };
     if let Err(e) = args.redis.check() {
         return usage_error(&e);
     }
@@ -83,9 +77,8 @@ fn main() -> ExitCode {
         let publisher = Publisher::with_stores(config, broker.clone(), store, metrics, Readiness::RedisCommands(redis));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        if let Some(workspace) = args.metrics_workspace.clone() {
-            let interval = Duration::from_millis(args.metrics_interval_ms);
-            tasks.spawn(tidings_publisher::host_metrics::run(broker.clone(), workspace, interval, stop.clone()));
+        if let Some(workspace) = metrics_workspace {
+            tasks.spawn(tidings_publisher::host_metrics::run(broker.clone(), workspace, args.host_metrics.interval(), stop.clone()));
         }
         tasks.close();
         let listen = args.serve.listen_or(SocketAddr::from(([0, 0, 0, 0], 8090)));
