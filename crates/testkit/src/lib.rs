@@ -439,6 +439,17 @@ pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -
     }
 }
 
+/// [`eventually`], with `report` saying what was still missing when it timed out.
+pub async fn eventually_or_report(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool, report: impl FnOnce() -> String) {
+    let until = tokio::time::Instant::now() + deadline;
+    while !cond() {
+        if tokio::time::Instant::now() >= until {
+            panic!("timed out waiting for {what}: {}", report());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Async tests: retries `attempt` until it yields a value; panics naming `what` after `deadline`.
 pub async fn retry<T, F, Fut>(what: &str, deadline: Duration, mut attempt: F) -> T
 where

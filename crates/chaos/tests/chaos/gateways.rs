@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, flowing, percentile, stream_ids};
-use tidings_testkit::{TestRedis, eventually};
+use tidings_testkit::{TestRedis, eventually, eventually_or_report};
 
 const CLIENTS: usize = 8;
 
@@ -108,18 +108,18 @@ async fn s6_a_reconnect_storm_after_a_drain_brings_every_client_back_with_nothin
     let drained_at = std::time::Instant::now();
     stack.drain_gateway(0);
     let deadline = storm_deadline(storm);
-    let until = drained_at + deadline + WAIT;
-    loop {
-        let away: Vec<usize> = (0..storm).filter(|&i| recorders[i].seen().outages.iter().any(|o| o.1.is_none())).collect();
-        if away.is_empty() {
-            break;
-        }
-        if std::time::Instant::now() > until {
+    let away = || (0..storm).filter(|&i| recorders[i].seen().outages.iter().any(|o| o.1.is_none())).collect::<Vec<usize>>();
+    eventually_or_report(
+        "every client connected again",
+        deadline + WAIT,
+        || away().is_empty(),
+        || {
+            let away = away();
             let states: Vec<String> = away.iter().take(3).map(|&i| format!("client {i}: {:?}", recorders[i].seen().states)).collect();
-            panic!("{} of {storm} clients not back {:?} after SIGTERM; {states:#?}", away.len(), drained_at.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            format!("{} of {storm} clients not back {:?} after SIGTERM; {states:#?}", away.len(), drained_at.elapsed())
+        },
+    )
+    .await;
     let all_back = drained_at.elapsed();
     flowing(&recorders, 20).await;
     publishing.stop().await;
