@@ -78,7 +78,11 @@ impl Stack {
     pub fn start_via(redis: TestRedis, redis_url: String) -> Self {
         let gateway_ports = [free_port(), free_port()];
         let publisher_port = free_port();
-        let logs = tempfile::tempdir().unwrap();
+        let mut logs = tempfile::tempdir().unwrap();
+        if std::env::var_os("TIDINGS_CHAOS_KEEP_LOGS").is_some() {
+            logs.disable_cleanup(true);
+            eprintln!("chaos: the processes' logs stay in {}", logs.path().display());
+        }
         let mut stack = Self {
             redis,
             redis_url,
@@ -93,7 +97,8 @@ impl Stack {
         stack.start_gateway(0);
         stack.start_gateway(1);
         stack.start_publisher();
-        stack.nginx = Some(Nginx::start(&gateway_ports, publisher_port));
+        let nginx_log = std::env::var_os("TIDINGS_CHAOS_KEEP_LOGS").map(|_| stack.logs.path().join("nginx.log"));
+        stack.nginx = Some(Nginx::start_logging(&gateway_ports, publisher_port, nginx_log.as_deref()));
         stack
     }
 
@@ -110,7 +115,8 @@ impl Stack {
             ("TIDINGS_ARGOCD_WEBHOOK_TOKEN", ARGOCD_TOKEN.to_string()),
             ("TIDINGS_DRAIN_SECS", DRAIN.as_secs().to_string()),
             ("TIDINGS_INSTANCE_ID", name.to_string()),
-            ("RUST_LOG", "info".to_string()),
+            // TIDINGS_CHAOS_LOG=debug shows each connection's close reason.
+            ("RUST_LOG", std::env::var("TIDINGS_CHAOS_LOG").unwrap_or_else(|_| "info".to_string())),
         ]
     }
 

@@ -46,7 +46,7 @@ impl From<Refusal> for ApiError {
             Refusal::UserCap => {
                 Self { retry_after_secs: Some(5), ..Self::new(StatusCode::TOO_MANY_REQUESTS, error::TOO_MANY_CONNECTIONS, r.to_string()) }
             }
-            Refusal::Draining | Refusal::AtCapacity => Self::unavailable(r.to_string()),
+            Refusal::Draining | Refusal::AtCapacity | Refusal::Busy => Self::unavailable(r.to_string()),
         }
     }
 }

@@ -39,6 +39,8 @@ pub enum Refusal {
     AtCapacity,
     #[error("too many connections for this user")]
     UserCap,
+    #[error("too many connections are joining this gateway at once; retry")]
+    Busy,
 }
 
 impl Refusal {
@@ -47,8 +49,16 @@ impl Refusal {
             Refusal::Draining => "draining",
             Refusal::AtCapacity => "max_connections",
             Refusal::UserCap => "max_connections_per_user",
+            Refusal::Busy => "busy",
         }
     }
+}
+
+/// A connection's turn to join, held until it is registered and its first
+/// history page read (see [`Node::join_turn`]).
+#[derive(Debug)]
+pub struct JoinTurn {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// A place under `TIDINGS_MAX_CONNECTIONS`, taken before the upgrade, while
@@ -112,6 +122,7 @@ pub struct Node {
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     permits: Arc<Semaphore>,
+    joins: Arc<Semaphore>,
     per_user: Arc<Mutex<HashMap<String, usize>>>,
     next_key: AtomicU64,
 }
@@ -135,6 +146,7 @@ impl Node {
         Ok(Arc::new(Self {
             verifier,
             permits: Arc::new(Semaphore::new(config.max_connections)),
+            joins: Arc::new(Semaphore::new(config.joins_in_flight.max(1))),
             config,
             hub,
             broker,
@@ -153,6 +165,15 @@ impl Node {
     /// Takes a connection slot for `user`, or says why not.
     pub fn admit(&self, user: &str) -> Result<Admission, Refusal> {
         self.attach(self.reserve()?, user)
+    }
+
+    /// Waits, in arrival order, for a turn to join (`joins_in_flight` at
+    /// once), or is refused after `join_turn_wait`.
+    pub async fn join_turn(&self) -> Result<JoinTurn, Refusal> {
+        match tokio::time::timeout(self.config.join_turn_wait, self.joins.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(JoinTurn { _permit: permit }),
+            Ok(Err(_)) | Err(_) => Err(Refusal::Busy),
+        }
     }
 
     /// Takes a place under the process's connection cap for a socket whose

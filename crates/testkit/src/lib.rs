@@ -484,6 +484,12 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(gateways: &[u16], publisher: u16) -> Self {
+        Self::start_logging(gateways, publisher, None)
+    }
+
+    /// The same, with nginx's access log and its error log (at `warn`, not
+    /// the config's `crit`) written to `log` when given.
+    pub fn start_logging(gateways: &[u16], publisher: u16, log: Option<&Path>) -> Self {
         let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nginx/nginx.conf"))
             .expect("deploy/nginx/nginx.conf");
         let port = free_port();
@@ -499,6 +505,13 @@ impl Nginx {
             assert_eq!(conf.matches(from).count(), 1, "deploy/nginx/nginx.conf has one `{from}`");
             conf = conf.replace(from, &to);
         }
+        if log.is_some() {
+            conf = conf.replace("error_log stderr crit;", "error_log stderr warn;");
+        }
+        let output = || match log {
+            Some(path) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(path).expect("nginx log file")),
+            None => Stdio::null(),
+        };
         let prefix = tempfile::tempdir().expect("temp dir");
         // nginx's workers drop root; they must reach the temp paths under the prefix.
         use std::os::unix::fs::PermissionsExt;
@@ -511,8 +524,8 @@ impl Nginx {
             .arg("-c")
             .arg(&conf_path)
             .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(output())
+            .stderr(output())
             .spawn()
             .expect("nginx (Debian's package; scripts/test installs it)");
         let nginx = Self { child, port, _prefix: prefix };

@@ -48,21 +48,33 @@ impl Shared {
             return Ok(HistoryPage { events, recovered: true, more: false, last_id });
         };
         // One more than asked tells whether more follow.
-        let entries: Vec<Entry> = self
-            .commands
-            .query(redis::cmd("XRANGE").arg(&keys.events).arg(format!("({since}")).arg("+").arg("COUNT").arg(limit + 1))
-            .await?;
+        let range = redis::cmd("XRANGE").arg(&keys.events).arg(format!("({since}")).arg("+").arg("COUNT").arg(limit + 1).to_owned();
+        let info = redis::cmd("XINFO").arg("STREAM").arg(&keys.events).to_owned();
+        // No stream at all: a client holding an id lost it with the stream.
+        let no_stream = || HistoryPage { events: Vec::new(), recovered: since == EventId::ZERO, more: false, last_id: None };
+        let answers = if self.cluster {
+            // A cluster connection does not follow a MOVED inside MULTI/EXEC
+            // ("Transaction aborted"), so after a failover it would fail until
+            // restarted: two round trips there.
+            match self.commands.query::<Vec<Entry>>(&range).await {
+                Ok(entries) => self.commands.query::<redis::Value>(&info).await.map(|info| (entries, info)),
+                Err(e) => Err(e),
+            }
+        } else {
+            // One round trip, and the page and the stream's state as of one moment.
+            self.commands.pipeline::<(Vec<Entry>, redis::Value)>(redis::pipe().atomic().add_command(range).add_command(info)).await
+        };
+        let (entries, info) = match answers {
+            Ok(answers) => answers,
+            Err(e) if e.to_string().contains("no such key") => return Ok(no_stream()),
+            Err(e) => return Err(e),
+        };
+        if matches!(info, redis::Value::ServerError(_)) {
+            return Ok(no_stream());
+        }
         let mut events = stored(entries);
         let more = events.len() > limit;
         events.truncate(limit);
-        let info: redis::Value = match self.commands.query(redis::cmd("XINFO").arg("STREAM").arg(&keys.events)).await {
-            Ok(v) => v,
-            Err(e) if e.to_string().contains("no such key") => {
-                // No stream at all: a client holding an id lost it with the stream.
-                return Ok(HistoryPage { events, recovered: since == EventId::ZERO, more, last_id: None });
-            }
-            Err(e) => return Err(e),
-        };
         let stream = StreamInfo::from_value(&info);
         let recovered = stream.still_holds_everything_after(since);
         Ok(HistoryPage { events, recovered, more, last_id: stream.last_generated })

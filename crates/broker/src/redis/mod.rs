@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::cluster::cluster_pubsub_loop;
-use self::commands::{COMMAND_TIMEOUT, Commands};
+use self::commands::{Commands, Connector};
 use self::pubsub::pubsub_loop;
 use self::subscriptions::{PubSubState, Shared};
 use crate::{Broker, BrokerError, DeliveryStore, HistoryPage, LatestEvent, MessageHandler};
@@ -114,20 +114,8 @@ impl RedisBroker {
         if urls.is_empty() {
             return Err(BrokerError::Config("no Redis URL".into()));
         }
-        let pool_settings = deadpool_redis::PoolConfig {
-            max_size: 32,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(COMMAND_TIMEOUT),
-                create: Some(COMMAND_TIMEOUT),
-                recycle: Some(COMMAND_TIMEOUT),
-            },
-            ..deadpool_redis::PoolConfig::default()
-        };
-        let runtime = Some(deadpool_redis::Runtime::Tokio1);
         let (commands, subscriber) = if config.cluster {
-            let mut pool_config = deadpool_redis::cluster::Config::from_urls(urls.clone());
-            pool_config.pool = Some(pool_settings);
-            let pool = pool_config.create_pool(runtime).map_err(|e| bad_config(&e))?;
+            let commands = redis::cluster::ClusterClientBuilder::new(urls.clone()).build().map_err(|e| bad_config(&e))?;
             // Sharded pub/sub on a cluster connection needs RESP3 and a push sender.
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let client = redis::cluster::ClusterClientBuilder::new(urls)
@@ -135,14 +123,12 @@ impl RedisBroker {
                 .push_sender(tx)
                 .build()
                 .map_err(|e| bad_config(&e))?;
-            (Commands::Cluster(pool), SubscriberSource::Cluster(Box::new(client), rx))
+            (Connector::Cluster(Box::new(commands)), SubscriberSource::Cluster(Box::new(client), rx))
         } else {
             let client = redis::Client::open(urls[0].as_str()).map_err(|e| bad_config(&e))?;
-            let mut pool_config = deadpool_redis::Config::from_url(urls[0].clone());
-            pool_config.pool = Some(pool_settings);
-            let pool = pool_config.create_pool(runtime).map_err(|e| bad_config(&e))?;
-            (Commands::Single(pool), SubscriberSource::Single(Box::new(client)))
+            (Connector::Single(Box::new(client.clone())), SubscriberSource::Single(Box::new(client)))
         };
+        let commands = Commands::new(commands);
         let shared = Arc::new(Shared {
             commands,
             cluster: config.cluster,

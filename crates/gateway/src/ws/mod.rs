@@ -102,6 +102,7 @@ pub async fn upgrade(
                 })
         }
         Err(e) => {
+            tracing::debug!(status = e.status.as_u16(), reason = %e.message, "connection refused before the upgrade");
             node.metrics.connections_refused.with_label_values(&[refusal_label(&e)]).inc();
             e.into_response()
         }
@@ -150,11 +151,12 @@ async fn prepare_upgrade(
         // First-message authentication after the upgrade.
         return Ok((setup, Identity::Pending(slot)));
     };
+    let _turn = node.join_turn().await?;
     let access = authorize(node, Some(token), setup.requested_workspace.as_deref()).await?;
     let admission = node.attach(slot, &access.claims.sub)?;
     // Registered before the upgrade, so a broker that cannot serve the
     // workspace is a 503 with Retry-After, not a socket closed right after it.
-    let joined = join(node, &setup, access, admission).await.map_err(|e| ApiError::unavailable(format!("broker unavailable: {e}")))?;
+    let joined = join(node, &setup, access, admission).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
     Ok((setup, Identity::Joined(Box::new(joined))))
 }
 
@@ -221,6 +223,11 @@ async fn serve(node: Arc<Node>, mut sink: impl FrameSink, mut stream: impl Frame
                     send_close(&mut sink, code, reason).await;
                     return;
                 }
+            };
+            let Ok(_turn) = node.join_turn().await else {
+                node.metrics.connections_refused.with_label_values(&["unavailable"]).inc();
+                send_close(&mut sink, close::TRY_AGAIN_LATER, crate::node::Refusal::Busy.to_string()).await;
+                return;
             };
             match Box::pin(join(&node, &setup, access, admission)).await {
                 Ok(joined) => joined,

@@ -237,3 +237,89 @@ async fn an_sse_client_that_stops_reading_loses_its_slot_after_the_write_deadlin
     gw.client("acme", "").await.assert_alive().await;
     drop(tcp);
 }
+
+/// The memory broker, except that history reads wait until the test opens
+/// the gate: a Redis that is slow to answer every joining client at once.
+struct HeldHistory {
+    inner: Arc<MemoryBroker>,
+    gate: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Broker for HeldHistory {
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Event, BrokerError>> {
+        self.inner.publish(event)
+    }
+    fn publish_live(&self, event: Event) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.inner.publish_live(event)
+    }
+    fn subscribe<'a>(&'a self, w: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.inner.subscribe(w)
+    }
+    fn unsubscribe<'a>(&'a self, w: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.inner.unsubscribe(w)
+    }
+    fn history<'a>(&'a self, w: &'a str, since: Option<EventId>, limit: usize) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        async move {
+            self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(self.gate.acquire().await);
+            self.inner.history(w, since, limit).await
+        }
+        .boxed()
+    }
+    fn latest<'a>(&'a self, w: &'a str) -> BoxFuture<'a, Result<Vec<LatestEvent>, BrokerError>> {
+        self.inner.latest(w)
+    }
+    fn is_ready(&self) -> BoxFuture<'_, bool> {
+        self.inner.is_ready()
+    }
+    fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        self.inner.is_revoked(jti)
+    }
+    fn revoke<'a>(&'a self, jti: &'a str, exp: Option<u64>) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.inner.revoke(jti, exp)
+    }
+}
+
+#[tokio::test]
+async fn joins_beyond_the_limit_wait_their_turn_and_one_that_waits_too_long_is_told_to_retry() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, w) = (gate.clone(), waiting.clone());
+    let gw = TestGateway::start_with_broker(
+        |c| {
+            c.joins_in_flight = 1;
+            c.join_turn_wait = std::time::Duration::from_millis(300);
+        },
+        move |inner| Arc::new(HeldHistory { inner, gate: g, waiting: w }) as Arc<dyn Broker>,
+    )
+    .await;
+    let mut neighbour = gw.client("acme", "").await;
+    let token = gw.token("acme");
+    // Resuming reads history while it holds the one turn.
+    let url = gw.ws_url(&format!("token={token}&since=0-0"));
+    let resuming = tokio::spawn(async move { Client::connect(&url).await });
+    wait_until(|| waiting.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+
+    let refused = match Client::connect(&gw.ws_url(&format!("token={token}"))).await {
+        Ok(_) => panic!("joined while the only turn was taken"),
+        Err(r) => r,
+    };
+    assert_eq!((refused.status, refused.retry_after.as_deref()), (503, Some("1")), "{refused:?}");
+    assert!(refused.body["error"]["message"].as_str().unwrap_or_default().contains("joining"), "{refused:?}");
+    // First-message auth waits for the same turn, and is told 1013 (try again later).
+    let mut by_message = Client::connect(&gw.ws_url("workspace_id=acme")).await.unwrap();
+    by_message.send_json(json!({"type": "auth", "token": token})).await;
+    assert_eq!(by_message.read_until_close().await.1, Some(1013));
+
+    gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    let mut resumed = resuming.await.unwrap().unwrap();
+    let hello = resumed.next_json().await;
+    assert_eq!((hello["type"].as_str(), hello["recovered"].as_bool()), (Some("connected"), Some(true)));
+    // The turn is free again, and the neighbour never noticed.
+    let mut later = gw.client("acme", "").await;
+    gw.publish("acme", "after_the_storm", None, json!(1)).await;
+    for client in [&mut neighbour, &mut later, &mut resumed] {
+        assert_eq!(client.next_json().await["type"], "after_the_storm");
+    }
+}
