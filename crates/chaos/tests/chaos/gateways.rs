@@ -135,9 +135,10 @@ async fn s6_a_reconnect_storm_after_a_drain_brings_every_client_back_with_nothin
 /// backoff of at most 1 s here, or `Retry-After: 1` from the draining one);
 /// what remains is the surviving gateway, just started, admitting and
 /// replaying for every client at once while the test's own clients share the
-/// two cores: 8 s of slack plus 15 ms per client (1,000 took 12–20 s in all
-/// over seven runs with debug binaries, before and after the
-/// one-task-per-connection change).
+/// two cores: 8 s of slack plus 15 ms per client (with debug binaries, 1,000
+/// took 2.5–2.9 s over ten runs and 10,000 took 22–36 s over four, once joins
+/// waited their turn on a shared Redis connection; 1,000 took 12–20 s and
+/// 10,000 never finished before).
 fn storm_deadline(clients: usize) -> Duration {
     tidings_chaos::DRAIN + Duration::from_secs(8) + Duration::from_millis(15) * clients as u32
 }

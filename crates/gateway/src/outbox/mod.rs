@@ -111,6 +111,9 @@ struct Inner {
     close_queued: bool,
     /// Newest durable id handed to the writer.
     last_sent: Option<EventId>,
+    /// A replay waits for room: the writer's pops wake it. Without one waiting
+    /// a pop notifies nobody, so it does not take `room`'s lock each time.
+    room_wanted: bool,
 }
 
 impl Inner {
@@ -273,6 +276,7 @@ impl Outbox {
                     self.notify.notify_one();
                     return true;
                 }
+                inner.room_wanted = true;
             }
             room.await;
         }
@@ -415,7 +419,10 @@ impl Outbox {
                 // Caught up after a burst: give back what the backlog grew.
                 inner.main.slots.shrink_to(KEPT_SLOTS);
             }
-            self.room.notify_waiters();
+            if inner.room_wanted {
+                inner.room_wanted = false;
+                self.room.notify_waiters();
+            }
             match slot {
                 Slot::Control(text) => return Some(Outgoing::Control(text)),
                 Slot::Lagged(n) => return Some(Outgoing::Lagged(n)),

@@ -6,6 +6,7 @@
 //! ([`tests`](self)) as well as on real sockets (`tests/it`).
 
 mod frames;
+mod join;
 mod reader;
 #[cfg(test)]
 mod tests;
@@ -313,10 +314,11 @@ async fn run_connection(
         session.conn.outbox.close(close::DRAINING, "draining");
     }
     let done = CancellationToken::new();
-    // The writer and the reader are two futures of one task, polled together:
-    // an idle connection pays for one task, not two.
+    // The writer and the reader are two futures of one task (an idle
+    // connection pays for one task, not two); the reader is polled only when
+    // its own waker fired.
     let (node, conn) = (session.node.clone(), session.conn.clone());
-    tokio::join!(write_loop(node, conn, sink, batch, done.clone()), read_side(&mut session, stream, opening, &done));
+    join::writer_and_reader(write_loop(node, conn, sink, batch, done.clone()), read_side(&mut session, stream, opening, &done)).await;
     // The registration goes with the session, after the writer stopped.
     drop(session);
 }

@@ -41,6 +41,9 @@ pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink:
     let delivered = node.metrics.messages_delivered.with_label_values(&[conn.transport.label()]);
     let mut frames: Vec<Message> = Vec::new();
     let mut events: Vec<Arc<PreparedEvent>> = Vec::new();
+    // Registered with the token once, not on every wake-up.
+    let cancelled = done.cancelled();
+    tokio::pin!(cancelled);
     loop {
         frames.clear();
         events.clear();
@@ -49,7 +52,7 @@ pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink:
         frames.shrink_to(0);
         events.shrink_to(0);
         let first = tokio::select! {
-            _ = done.cancelled() => break,
+            () = &mut cancelled => break,
             _ = tick.tick() => {
                 if conn.silent_for() > heartbeat * 2 {
                     tracing::debug!(connection_id = %conn.connection_id, "no sign of life for two heartbeats; dropping");
