@@ -1,6 +1,7 @@
 //! A TCP proxy for putting network faults between a process and Redis: it
-//! forwards, stalls (holds every byte, both ways, sockets open), or cuts every
-//! open connection with a FIN or a RST, on command.
+//! forwards, stalls (holds every byte, both ways, sockets open), cuts every
+//! open connection with a FIN or a RST, or strands the open connections
+//! (silent for good, as when a NAT or firewall forgets them), on command.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,9 +28,11 @@ pub enum Cut {
     Reset,
 }
 
-/// The connections open now share one token; a cut cancels it.
+/// The connections open now share one token; a cut cancels it. Stranding
+/// cancels the other: those connections then carry nothing until cut.
 struct Generation {
     token: CancellationToken,
+    strand: CancellationToken,
     how: Cut,
 }
 
@@ -46,18 +49,22 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (mode, watching) = watch::channel(Mode::Forward);
-        let generation = Arc::new(Mutex::new(Generation { token: CancellationToken::new(), how: Cut::Close }));
+        let generation =
+            Arc::new(Mutex::new(Generation { token: CancellationToken::new(), strand: CancellationToken::new(), how: Cut::Close }));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (current, counter) = (generation.clone(), accepted.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::Relaxed);
-                let token = current.lock().unwrap().token.clone();
+                let (token, strand) = {
+                    let generation = current.lock().unwrap();
+                    (generation.token.clone(), generation.strand.clone())
+                };
                 let (watching, current) = (watching.clone(), current.clone());
                 tokio::spawn(async move {
                     let mut client = client;
                     let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
-                    forward(&mut client, &mut server, watching, &token).await;
+                    forward(&mut client, &mut server, watching, &token, &strand).await;
                     if token.is_cancelled() && current.lock().unwrap().how == Cut::Reset {
                         // Dropped with a zero linger: the kernel sends RST, not FIN.
                         let _ = client.set_zero_linger();
@@ -85,6 +92,14 @@ impl TcpProxy {
         old.cancel();
     }
 
+    /// Every open connection goes silent for good, sockets open, no FIN or
+    /// RST; later ones are forwarded as usual.
+    pub fn strand(&self) {
+        let mut generation = self.generation.lock().unwrap();
+        let old = std::mem::replace(&mut generation.strand, CancellationToken::new());
+        old.cancel();
+    }
+
     /// Connections accepted so far (each reconnect of a process is one more).
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
@@ -102,10 +117,20 @@ impl std::fmt::Debug for TcpProxy {
 }
 
 /// Copies both ways until either side closes or the connection is cut; holds
-/// everything while the mode is [`Mode::Stall`].
-async fn forward(client: &mut TcpStream, server: &mut TcpStream, mut mode: watch::Receiver<Mode>, cut: &CancellationToken) {
+/// everything while the mode is [`Mode::Stall`], and for good once stranded.
+async fn forward(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    mut mode: watch::Receiver<Mode>,
+    cut: &CancellationToken,
+    strand: &CancellationToken,
+) {
     let (mut up, mut down) = ([0u8; 16 * 1024], [0u8; 16 * 1024]);
     loop {
+        if strand.is_cancelled() {
+            cut.cancelled().await;
+            break;
+        }
         if *mode.borrow_and_update() == Mode::Stall {
             tokio::select! {
                 _ = cut.cancelled() => break,
@@ -114,6 +139,7 @@ async fn forward(client: &mut TcpStream, server: &mut TcpStream, mut mode: watch
         }
         tokio::select! {
             _ = cut.cancelled() => break,
+            _ = strand.cancelled() => continue,
             changed = mode.changed() => if changed.is_err() { break },
             read = client.read(&mut up) => match read {
                 Ok(n) if n > 0 => if server.write_all(&up[..n]).await.is_err() { break },

@@ -125,14 +125,15 @@ impl Commands {
         }
     }
 
-    /// Runs `request` on the shared connection within [`COMMAND_TIMEOUT`]
-    /// (connecting included); a connection that timed out or broke is discarded.
+    /// Runs `request` on the shared connection within `limit` (connecting
+    /// included); a connection that timed out or broke is replaced.
     async fn on_connection<'request, T>(
         &self,
+        limit: Duration,
         request: impl FnOnce(Connection) -> Pin<Box<dyn Future<Output = redis::RedisResult<T>> + Send + 'request>>,
     ) -> Result<T, BrokerError> {
         let mut generation = None;
-        let answer = timeout(COMMAND_TIMEOUT, async {
+        let answer = timeout(limit, async {
             let (g, conn) = self.connection().await?;
             generation = Some(g);
             request(conn).await.map_err(|e| {
@@ -155,19 +156,29 @@ impl Commands {
     }
 
     pub(super) async fn query<T: redis::FromRedisValue + Send + 'static>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
-        self.on_connection(|mut conn| Box::pin(async move { cmd.query_async(&mut conn).await })).await
+        self.on_connection(COMMAND_TIMEOUT, |mut conn| Box::pin(async move { cmd.query_async(&mut conn).await })).await
+    }
+
+    /// Whether Redis answers `PING` within `limit`. A connection that does
+    /// not is replaced like any other: readiness probes are what an idle
+    /// gateway sends, so they must not keep asking a dead connection.
+    pub(super) async fn answers_ping(&self, limit: Duration) -> bool {
+        let ping = redis::cmd("PING");
+        let answer: Result<String, BrokerError> =
+            self.on_connection(limit, |mut conn| Box::pin(async move { ping.query_async(&mut conn).await })).await;
+        answer.is_ok()
     }
 
     /// Several commands in one round trip (`MULTI`/`EXEC` when `pipe` is atomic).
     pub(super) async fn pipeline<T: redis::FromRedisValue + Send + 'static>(&self, pipe: &Pipeline) -> Result<T, BrokerError> {
-        self.on_connection(|mut conn| Box::pin(async move { pipe.query_async(&mut conn).await })).await
+        self.on_connection(COMMAND_TIMEOUT, |mut conn| Box::pin(async move { pipe.query_async(&mut conn).await })).await
     }
 
     pub(super) async fn invoke<T: redis::FromRedisValue + Send + 'static>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, BrokerError> {
-        self.on_connection(|mut conn| Box::pin(async move { invocation.invoke_async(&mut conn).await })).await
+        self.on_connection(COMMAND_TIMEOUT, |mut conn| Box::pin(async move { invocation.invoke_async(&mut conn).await })).await
     }
 }
 

@@ -30,7 +30,6 @@ use tidings_protocol::Event;
 use tidings_protocol::EventId;
 use tidings_protocol::keys::{REVOCATIONS_CHANNEL, WorkspaceKeys};
 use tidings_protocol::payloads::is_conflatable;
-use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -244,13 +243,13 @@ impl RedisBroker {
         if !self.shared.connected.load(Ordering::Relaxed) {
             return false;
         }
-        matches!(timeout(Duration::from_secs(1), self.shared.commands.query::<String>(&redis::cmd("PING"))).await, Ok(Ok(_)))
+        self.shared.commands.answers_ping(Duration::from_secs(1)).await
     }
 
     /// True while the command connection answers PING, whatever the pub/sub
     /// connection's state: the readiness of a process that only publishes.
     pub async fn commands_ready(&self) -> bool {
-        matches!(timeout(Duration::from_secs(1), self.shared.commands.query::<String>(&redis::cmd("PING"))).await, Ok(Ok(_)))
+        self.shared.commands.answers_ping(Duration::from_secs(1)).await
     }
 }
 

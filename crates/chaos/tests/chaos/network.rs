@@ -2,12 +2,13 @@
 //! proxy in the test: a stall (nothing moves, sockets stay open), a cut (FIN)
 //! and a reset (RST). Each gateway notices within its probe period,
 //! reconnects, and replays what was published meanwhile (straight to Redis).
+//! Then connections stranded for good: every process must replace them.
 
 use std::time::{Duration, Instant};
 
 use tidings_chaos::proxy::{Cut, Mode, TcpProxy};
 use tidings_chaos::{Publishing, Recorder, Stack, WAIT, assert_exactly, client, flowing, stream_ids};
-use tidings_testkit::{TestRedis, eventually};
+use tidings_testkit::{TestRedis, eventually, http_status};
 
 /// `tidings_broker_connected` of a gateway (None while it does not answer).
 async fn broker_connected(base: &str) -> Option<f64> {
@@ -71,4 +72,48 @@ async fn s9_stalls_cuts_and_resets_between_gateway_and_redis_are_noticed_and_rep
         );
     }
     eprintln!("s9: {} events, {CLIENTS} clients, 0 lost, 0 duplicates across a stall, a cut and a reset", published.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9b_connections_to_redis_that_go_silent_for_good_are_replaced_by_every_process() {
+    // Before: the command side's readiness PING gave up after 1 s without
+    // replacing the connection, so a process whose command connection was
+    // stranded (and that sent nothing else on it) stayed not-ready for good.
+    let _quiet = tidings_chaos::shared().await;
+    const CLIENTS: usize = 4;
+    let redis = TestRedis::start();
+    let proxy = TcpProxy::start(redis.port).await;
+    let stack = Stack::start_via(redis, proxy.url());
+    let mut recorders = Vec::new();
+    for _ in 0..CLIENTS {
+        recorders.push(Recorder::start(client(&stack.lb_ws(), "s9b")).await);
+    }
+    both(&stack, 1.0, "pub/sub up").await;
+    let publishing = Publishing::start(&stack.redis.url(), "s9b", Duration::from_millis(5));
+    flowing(&recorders, 50).await;
+
+    let stranded_at = Instant::now();
+    proxy.strand();
+    let ready = [stack.gateway_url(0), stack.gateway_url(1), stack.publisher_url()].map(|base| format!("{base}/readyz"));
+    // Asked until each was not ready once and all are ready again: an idle
+    // process's readiness probe is what finds its dead command connection.
+    let mut went_down = [false; 3];
+    eventually("every process not ready once, then all ready again", WAIT, || {
+        let statuses = ready.each_ref().map(|url| http_status(url));
+        for (down, status) in went_down.iter_mut().zip(&statuses) {
+            *down |= *status == Some(503);
+        }
+        went_down.iter().all(|d| *d) && statuses.iter().all(|s| *s == Some(200))
+    })
+    .await;
+    eprintln!("s9b: every process ready again {:?} after its connections were stranded", stranded_at.elapsed());
+    flowing(&recorders, 50).await;
+    publishing.stop().await;
+    let published = stream_ids(&stack.redis, "s9b");
+    for (i, recorder) in recorders.into_iter().enumerate() {
+        recorder.wait_for_all(&published).await;
+        let seen = recorder.close().await;
+        assert_exactly(&seen, &published, &format!("client {i}"));
+    }
+    eprintln!("s9b: {} events, {CLIENTS} clients, 0 lost, 0 duplicates across stranded connections", published.len());
 }
