@@ -34,8 +34,8 @@ pub struct GatewayConfig {
     pub unsubscribe_delay: Duration,
     /// How long the first-message `auth` may take.
     pub auth_timeout: Duration,
-    /// Connections joining (authorizing, registering, reading their first
-    /// history page) at once; the others wait their turn in arrival order.
+    /// Connections joining (registering, reading their first history page,
+    /// once authorized) at once; the others wait their turn in arrival order.
     pub joins_in_flight: usize,
     /// How long a connection waits for its turn to join before it is refused
     /// (503 with `Retry-After`, or close 1013 after first-message auth).

@@ -117,8 +117,8 @@ async fn sse_stream(
     check_origin(&node, &headers)?;
     let params = params(query)?;
     let token = bearer(&headers).or(params.token.as_deref());
-    let _turn = node.join_turn().await?;
     let access = authorize(&node, token, Some(&workspace_id)).await?;
+    let _turn = node.join_turn().await?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let since = parse_since(last_event_id.or(params.since.as_deref()))?;
     let filter = parse_filter(params.event_types.as_deref(), params.entity_refs.as_deref())?;

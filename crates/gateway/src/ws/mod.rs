@@ -152,8 +152,10 @@ async fn prepare_upgrade(
         // First-message authentication after the upgrade.
         return Ok((setup, Identity::Pending(slot)));
     };
-    let _turn = node.join_turn().await?;
     let access = authorize(node, Some(token), setup.requested_workspace.as_deref()).await?;
+    // After authorizing, as after first-message auth: a token check that
+    // waits on a JWKS fetch must not hold up the joins of known keys.
+    let _turn = node.join_turn().await?;
     let admission = node.attach(slot, &access.claims.sub)?;
     // Registered before the upgrade, so a broker that cannot serve the
     // workspace is a 503 with Retry-After, not a socket closed right after it.
