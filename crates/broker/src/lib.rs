@@ -39,6 +39,15 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// `payload` is the event JSON exactly as published on `workspace:<id>`.
     fn on_message(&self, workspace_id: &str, payload: Bytes);
 
+    /// Several messages of one workspace that arrived together, in order: the
+    /// broker had read them before the handler got to the first, so the
+    /// handler may write them to each client at once (one `write(2)` each).
+    fn on_messages(&self, workspace_id: &str, payloads: Vec<Bytes>) {
+        for payload in payloads {
+            self.on_message(workspace_id, payload);
+        }
+    }
+
     /// The workspaces that have local readers now: the one source of truth for
     /// what the broker subscribes to. The broker re-derives its subscriptions
     /// from it after every reconnect, and checks it before unsubscribing.

@@ -11,14 +11,17 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Sleep;
+
+use crate::socket::{SharedSocket, SocketIo};
 
 /// Accepts TCP connections and gives each a write deadline.
 #[derive(Debug)]
@@ -34,7 +37,7 @@ impl DeadlineListener {
 }
 
 impl axum::serve::Listener for DeadlineListener {
-    type Io = DeadlineIo<TcpStream>;
+    type Io = DeadlineIo<SocketIo>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -44,7 +47,7 @@ impl axum::serve::Listener for DeadlineListener {
         if let Err(e) = io.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        (DeadlineIo::new(io, self.deadline), addr)
+        (DeadlineIo::new(SocketIo(SharedSocket::new(io)), self.deadline), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -52,14 +55,17 @@ impl axum::serve::Listener for DeadlineListener {
     }
 }
 
-/// The peer address of a connection accepted by [`DeadlineListener`], for
-/// `ConnectInfo<PeerAddr>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
+/// A connection accepted by [`DeadlineListener`], for `ConnectInfo<Peer>`:
+/// its address, and its socket for the fan-out's direct writes.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub socket: Arc<SharedSocket>,
+}
 
-impl Connected<IncomingStream<'_, DeadlineListener>> for PeerAddr {
+impl Connected<IncomingStream<'_, DeadlineListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, DeadlineListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        Peer { addr: *stream.remote_addr(), socket: stream.io().inner.0.clone() }
     }
 }
 

@@ -185,6 +185,8 @@ async fn sse_stream(
             }
             Outgoing::Control(text) => SseEvent::default().event("connected").data(text.as_str()),
             Outgoing::Lagged(dropped) => SseEvent::default().event("lagged").data(ServerMessage::Lagged { dropped }.to_json()),
+            // Only a direct write queues a flush, and a stream has none.
+            Outgoing::Flush => SseEvent::default().comment(""),
             Outgoing::Close(code, reason) => {
                 guard.node.metrics.connections_closed.with_label_values(&[&code.to_string()]).inc();
                 let data = serde_json::json!({"type": "close", "code": code, "reason": reason}).to_string();

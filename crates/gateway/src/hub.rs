@@ -76,6 +76,12 @@ impl Connection {
     fn wants(&self, event: &PreparedEvent) -> bool {
         self.filter.lock().unwrap_or_else(|p| p.into_inner()).matches(&event.event_type, event.entity_ref.as_deref())
     }
+
+    /// The events its filter passes, in order, under one look at the filter.
+    fn wanted(&self, events: &[Arc<PreparedEvent>], into: &mut Vec<Arc<PreparedEvent>>) {
+        let filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
+        into.extend(events.iter().filter(|e| filter.matches(&e.event_type, e.entity_ref.as_deref())).cloned());
+    }
 }
 
 /// Local connections by workspace.
@@ -84,11 +90,14 @@ pub struct Hub {
     /// A std RwLock: fan-out reads it for a few pushes; connects and disconnects write briefly.
     workspaces: RwLock<HashMap<String, HashMap<u64, Arc<Connection>>>>,
     metrics: GatewayMetrics,
+    /// Resolved once: events the fan-out wrote to WebSockets itself.
+    written_directly: prometheus::IntCounter,
 }
 
 impl Hub {
     pub fn new(metrics: GatewayMetrics) -> Self {
-        Self { workspaces: RwLock::new(HashMap::new()), metrics }
+        let written_directly = metrics.messages_delivered.with_label_values(&[Transport::WebSocket.label()]);
+        Self { workspaces: RwLock::new(HashMap::new()), metrics, written_directly }
     }
 
     /// Adds a connection; true when it is the workspace's first.
@@ -145,24 +154,69 @@ impl Hub {
     /// Hands one event to every local connection of its workspace whose filter
     /// passes it. The JSON is shared, not re-encoded, per connection.
     pub fn fan_out(&self, workspace_id: &str, payload: Bytes) {
-        self.metrics.broker_messages.inc();
-        let Some((mut event, traceparent)) = prepare_traced(workspace_id, payload) else {
-            self.metrics.events_dropped.with_label_values(&["invalid"]).inc();
-            return;
-        };
-        let traced = crate::trace::received(workspace_id, &event.event_type, traceparent.as_deref());
-        let _receiving = traced.as_ref().map(|(receive, _)| receive.enter());
-        event.trace = traced.as_ref().map(|(_, delivery)| delivery.clone());
-        let event = Arc::new(event);
-        let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
-        let Some(conns) = map.get(workspace_id) else { return };
-        let mut recipients = 0;
-        for conn in conns.values() {
-            if !conn.wants(&event) {
+        self.fan_out_many(workspace_id, vec![payload]);
+    }
+
+    /// [`Hub::fan_out`] for events of one workspace that arrived together:
+    /// each connection gets the ones it wants in one push (one write when it
+    /// is written to directly), in order.
+    pub fn fan_out_many(&self, workspace_id: &str, payloads: Vec<Bytes>) {
+        let mut run = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            self.metrics.broker_messages.inc();
+            let Some((mut event, traceparent)) = prepare_traced(workspace_id, payload) else {
+                self.metrics.events_dropped.with_label_values(&["invalid"]).inc();
                 continue;
+            };
+            match crate::trace::received(workspace_id, &event.event_type, traceparent.as_deref()) {
+                None => run.push(Arc::new(event)),
+                Some((receive, delivery)) => {
+                    // A traced event goes alone, inside its spans.
+                    self.deliver(workspace_id, &std::mem::take(&mut run));
+                    let _receiving = receive.enter();
+                    event.trace = Some(delivery.clone());
+                    let recipients = self.deliver(workspace_id, &[Arc::new(event)]);
+                    delivery.record_recipients(recipients);
+                }
             }
+        }
+        self.deliver(workspace_id, &run);
+    }
+
+    /// Pushes `events` to the connections of `workspace_id` that want them;
+    /// returns how many connections got at least one.
+    fn deliver(&self, workspace_id: &str, events: &[Arc<PreparedEvent>]) -> usize {
+        if events.is_empty() {
+            return 0;
+        }
+        let map = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        let Some(conns) = map.get(workspace_id) else { return 0 };
+        let mut recipients = 0;
+        let mut written = 0;
+        let mut wanted = Vec::new();
+        for conn in conns.values() {
+            let events = match events {
+                [event] if conn.wants(event) => events,
+                [_] => continue,
+                _ => {
+                    wanted.clear();
+                    conn.wanted(events, &mut wanted);
+                    if wanted.is_empty() {
+                        continue;
+                    }
+                    &wanted[..]
+                }
+            };
             recipients += 1;
-            match conn.outbox.push_event(event.clone()) {
+            conn.outbox.push_events(events, |event, pushed| match pushed {
+                Pushed::Written => {
+                    written += 1;
+                    // Read per write: the last socket of a large fan-out is
+                    // written milliseconds after the first.
+                    if let Some(seconds) = event.published_at.and_then(latency_since) {
+                        self.metrics.delivery_latency.observe(seconds);
+                    }
+                }
                 Pushed::Queued | Pushed::Closed => {}
                 Pushed::Conflated => self.metrics.events_conflated.with_label_values(&["slow_client"]).inc(),
                 Pushed::Dropped => self.metrics.events_dropped.with_label_values(&["slow_client"]).inc(),
@@ -170,17 +224,22 @@ impl Hub {
                     self.metrics.events_dropped.with_label_values(&["slow_client"]).inc();
                     tracing::info!(connection_id = %conn.connection_id, "client too slow, closing 4009");
                 }
-            }
+            });
         }
-        if let Some((_, delivery)) = &traced {
-            delivery.record_recipients(recipients);
+        if written > 0 {
+            self.written_directly.inc_by(written);
         }
+        recipients
     }
 }
 
 impl MessageHandler for Hub {
     fn on_message(&self, workspace_id: &str, payload: Bytes) {
         self.fan_out(workspace_id, payload);
+    }
+
+    fn on_messages(&self, workspace_id: &str, payloads: Vec<Bytes>) {
+        self.fan_out_many(workspace_id, payloads);
     }
 
     fn workspaces(&self) -> Vec<String> {
@@ -240,7 +299,8 @@ fn prepare_traced(workspace_id: &str, payload: Bytes) -> Option<(PreparedEvent, 
         .and_then(|t| u64::try_from(t.unix_timestamp_nanos()).ok())
         .map(|nanos| UNIX_EPOCH + std::time::Duration::from_nanos(nanos));
     let text = Utf8Bytes::try_from(payload).ok()?;
-    let event = PreparedEvent { event_type: header.event_type, entity_ref, id: header.id, published_at, text, trace: None };
+    let event =
+        PreparedEvent { event_type: header.event_type, entity_ref, id: header.id, published_at, text, trace: None, frame: OnceLock::new() };
     Some((event, header.trace))
 }
 

@@ -2,7 +2,8 @@
 //! fans each event of a workspace out to the local connections that want it.
 //!
 //! Data flow: broker → [`hub::Hub::fan_out`] (encode once, filter, push to each
-//! [`outbox::Outbox`]) → the connection's writer task → socket. Entry points:
+//! [`outbox::Outbox`]) → the connection's writer task → socket, or straight to
+//! a WebSocket's [`socket::SharedSocket`] when its queue is empty. Entry points:
 //! [`node::Node::new`], [`server::router`], [`server::serve`].
 
 pub mod access;
@@ -22,6 +23,7 @@ pub mod outbox;
 pub mod rate;
 pub mod replay;
 pub mod server;
+pub mod socket;
 pub mod trace;
 pub mod ws;
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::deadline::{DeadlineListener, PeerAddr};
+use crate::deadline::{DeadlineListener, Peer};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::{admin, http, ws};
@@ -69,7 +69,7 @@ pub async fn serve(
     // Writes to a peer that stopped reading fail after two heartbeats, as the
     // WebSocket writer's sends do; that is what ends a stalled SSE stream.
     let listener = DeadlineListener::new(listener, node.config.heartbeat * 2);
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<PeerAddr>())
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move { stop.cancelled().await });
     let mut server = tokio::spawn(server.into_future());
     tokio::select! {

@@ -10,7 +10,7 @@ use tidings_protocol::keys::{REVOCATIONS_CHANNEL, WorkspaceKeys};
 use tokio::time::timeout;
 
 use super::commands::{COMMAND_TIMEOUT, unavailable};
-use super::subscriptions::{BACKOFF_MAX, BACKOFF_MIN, Shared, Subscriber, jittered, resubscribe, workspace_of};
+use super::subscriptions::{BACKOFF_MAX, BACKOFF_MIN, MAX_READ_TOGETHER, Shared, Subscriber, jittered, resubscribe, workspace_of};
 use crate::BrokerError;
 
 /// Cluster mode: one cluster connection carries every SSUBSCRIBE; the library
@@ -121,17 +121,23 @@ async fn cluster_read_pushes(
 ) -> bool {
     let Some(probe_every) = shared.upgrade().map(|s| s.pubsub_probe) else { return false };
     let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + probe_every, probe_every);
+    // A push read ahead while gathering messages read together.
+    let mut ahead: Option<redis::PushInfo> = None;
     loop {
-        let push = tokio::select! {
-            push = pushes.recv() => push,
-            _ = probe.tick() => {
-                let Some(state) = shared.upgrade() else { return false };
-                match slot_owners(&state).await {
-                    Ok(now) if !now.is_empty() && now != topology => {
-                        tracing::warn!("redis cluster topology changed; re-opening pub/sub");
-                        return true;
+        let push = if let Some(push) = ahead.take() {
+            Some(push)
+        } else {
+            tokio::select! {
+                push = pushes.recv() => push,
+                _ = probe.tick() => {
+                    let Some(state) = shared.upgrade() else { return false };
+                    match slot_owners(&state).await {
+                        Ok(now) if !now.is_empty() && now != topology => {
+                            tracing::warn!("redis cluster topology changed; re-opening pub/sub");
+                            return true;
+                        }
+                        _ => continue,
                     }
-                    _ => continue,
                 }
             }
         };
@@ -148,9 +154,20 @@ async fn cluster_read_pushes(
                     continue;
                 }
                 let Some(workspace_id) = workspace_of(&channel) else { continue };
-                if let Ok(bytes) = redis::from_redis_value_ref::<Vec<u8>>(payload) {
-                    state.deliver(workspace_id, Bytes::from(bytes));
+                let Ok(bytes) = redis::from_redis_value_ref::<Vec<u8>>(payload) else { continue };
+                // Messages of the same workspace already waiting go with it.
+                let mut payloads = vec![Bytes::from(bytes)];
+                while payloads.len() < MAX_READ_TOGETHER {
+                    let Ok(next) = pushes.try_recv() else { break };
+                    match message_of(&next) {
+                        Some((next_channel, bytes)) if next_channel == channel => payloads.push(Bytes::from(bytes)),
+                        _ => {
+                            ahead = Some(next);
+                            break;
+                        }
+                    }
                 }
+                state.deliver_many(workspace_id, payloads);
             }
             redis::PushKind::SSubscribe => {
                 let Some(channel) = channel else { continue };
@@ -193,4 +210,14 @@ async fn cluster_read_pushes(
             _ => {}
         }
     }
+}
+
+/// The channel and payload of a pushed message; None for any other push.
+fn message_of(push: &redis::PushInfo) -> Option<(String, Vec<u8>)> {
+    if !matches!(push.kind, redis::PushKind::SMessage | redis::PushKind::Message) {
+        return None;
+    }
+    let channel = redis::from_redis_value_ref::<String>(push.data.first()?).ok()?;
+    let payload = redis::from_redis_value_ref::<Vec<u8>>(push.data.get(1)?).ok()?;
+    Some((channel, payload))
 }

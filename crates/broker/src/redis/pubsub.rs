@@ -8,14 +8,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::PubSubStream;
 use tidings_protocol::keys::{REVOCATIONS_CHANNEL, WorkspaceKeys};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::{COMMAND_TIMEOUT, unavailable};
-use super::subscriptions::{BACKOFF_MAX, BACKOFF_MIN, Shared, Subscriber, jittered, workspace_of};
+use super::subscriptions::{BACKOFF_MAX, BACKOFF_MIN, MAX_READ_TOGETHER, ReadTogether, Shared, Subscriber, jittered, workspace_of};
 use crate::BrokerError;
 
 pub(super) async fn pubsub_loop(client: redis::Client, shared: std::sync::Weak<Shared>) {
@@ -102,12 +102,23 @@ async fn read_until_lost(mut stream: PubSubStream, shared: &std::sync::Weak<Shar
             msg = stream.next() => {
                 let Some(msg) = msg else { return };
                 let Some(state) = shared.upgrade() else { return };
-                if msg.get_channel_name() == REVOCATIONS_CHANNEL {
-                    state.handler.on_revoked(&String::from_utf8_lossy(msg.get_payload_bytes()));
-                    continue;
+                // What else is already read goes with it: a backlog becomes
+                // one write per client instead of one per event.
+                let mut together = ReadTogether::default();
+                let (mut next, mut read) = (Some(msg), 1);
+                while let Some(msg) = next.take() {
+                    if msg.get_channel_name() == REVOCATIONS_CHANNEL {
+                        together.hand_over(&state);
+                        state.handler.on_revoked(&String::from_utf8_lossy(msg.get_payload_bytes()));
+                    } else if let Some(workspace_id) = workspace_of(msg.get_channel_name()) {
+                        together.push(&state, workspace_id, Bytes::copy_from_slice(msg.get_payload_bytes()));
+                    }
+                    if read < MAX_READ_TOGETHER {
+                        next = stream.next().now_or_never().flatten();
+                        read += 1;
+                    }
                 }
-                let Some(workspace_id) = workspace_of(msg.get_channel_name()) else { continue };
-                state.deliver(workspace_id, Bytes::copy_from_slice(msg.get_payload_bytes()));
+                together.hand_over(&state);
             }
             _ = probe.tick() => {
                 let Some(state) = shared.upgrade() else { return };

@@ -169,16 +169,33 @@ impl Shared {
     /// Hands a message to the hub unless it was already delivered (a replay and
     /// live delivery can overlap around a reconnect).
     pub(super) fn deliver(&self, workspace_id: &str, payload: Bytes) {
-        if let Some(id) = event_id(&payload) {
+        if self.is_new(workspace_id, &payload) {
+            self.handler.on_message(workspace_id, payload);
+        }
+    }
+
+    /// [`Self::deliver`] for messages of one workspace that were read together.
+    pub(super) fn deliver_many(&self, workspace_id: &str, mut payloads: Vec<Bytes>) {
+        payloads.retain(|payload| self.is_new(workspace_id, payload));
+        match payloads.len() {
+            0 => {}
+            1 => self.handler.on_message(workspace_id, payloads.swap_remove(0)),
+            _ => self.handler.on_messages(workspace_id, payloads),
+        }
+    }
+
+    /// False for a durable event at or before the workspace's last delivered id.
+    fn is_new(&self, workspace_id: &str, payload: &[u8]) -> bool {
+        if let Some(id) = event_id(payload) {
             let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(last) = positions.get_mut(workspace_id) {
                 if id <= *last {
-                    return;
+                    return false;
                 }
                 *last = id;
             }
         }
-        self.handler.on_message(workspace_id, payload);
+        true
     }
 
     /// The workspaces to follow now (the handler's readers), each with a start
@@ -310,6 +327,33 @@ pub(super) async fn resubscribe(shared: std::sync::Weak<Shared>, channel: String
         drop(state);
         tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Most messages read back to back before the hub gets them.
+pub(super) const MAX_READ_TOGETHER: usize = 256;
+
+/// Messages read back to back, handed to the hub as runs of one workspace
+/// (in order; a message of another workspace ends the run).
+#[derive(Debug, Default)]
+pub(super) struct ReadTogether {
+    workspace_id: String,
+    payloads: Vec<Bytes>,
+}
+
+impl ReadTogether {
+    pub(super) fn push(&mut self, state: &Shared, workspace_id: &str, payload: Bytes) {
+        if self.workspace_id != workspace_id {
+            self.hand_over(state);
+            workspace_id.clone_into(&mut self.workspace_id);
+        }
+        self.payloads.push(payload);
+    }
+
+    pub(super) fn hand_over(&mut self, state: &Shared) {
+        if !self.payloads.is_empty() {
+            state.deliver_many(&self.workspace_id, std::mem::take(&mut self.payloads));
+        }
     }
 }
 

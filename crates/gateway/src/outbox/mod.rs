@@ -10,12 +10,21 @@
 //! since it last caught up, or a reply does not fit, the queue condemns it
 //! (close 4009). A replay waits for room instead ([`Outbox::push_replay`]), so
 //! history is read page by page and never materialised whole.
+//!
+//! A WebSocket whose writer is waiting on an empty queue is written to
+//! directly: [`Outbox::push_event`] hands the event's pre-built frame to the
+//! connection's [`DirectWriter`] (its socket), which takes it whole, in part
+//! (the writer is then woken to finish it before anything else), or not at
+//! all (it is queued as usual). Order holds because the fan-out writes
+//! directly only while nothing is queued and the writer has nothing in hand.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use tidings_protocol::EventId;
 use tidings_protocol::codes::close;
 use tidings_protocol::payloads::is_conflatable;
@@ -35,6 +44,34 @@ pub struct PreparedEvent {
     pub text: Utf8Bytes,
     /// Its fan-out span, when the event is traced and traces are exported.
     pub trace: Option<Arc<crate::trace::DeliveryTrace>>,
+    /// Its complete WebSocket frame, built by the first direct write.
+    pub frame: OnceLock<Bytes>,
+}
+
+impl PreparedEvent {
+    /// The event as one unmasked WebSocket text frame: the same bytes for
+    /// every connection it is written to.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.frame.get_or_init(|| crate::ws::text_frame(self.text.as_bytes()))
+    }
+}
+
+/// What a [`DirectWriter`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectWrite {
+    /// Written whole.
+    Whole,
+    /// Written in part; the rest is written before anything else, at the
+    /// writer's next flush.
+    Partial,
+    /// Not written (the socket is full, or someone else is mid-frame).
+    Busy,
+}
+
+/// Writes frames to a connection's socket without waiting, for the fan-out.
+pub trait DirectWriter: Send + Sync + fmt::Debug {
+    /// The events' [`PreparedEvent::ws_frame`]s, in order, in one write.
+    fn try_write_frames(&self, events: &[Arc<PreparedEvent>]) -> DirectWrite;
 }
 
 /// What the writer sends next.
@@ -47,6 +84,8 @@ pub enum Outgoing {
     Lagged(u64),
     /// Close with this code and reason; nothing follows.
     Close(u16, &'static str),
+    /// Flush: the rest of a frame written in part by the fan-out is waiting.
+    Flush,
 }
 
 /// Queue capacity a connection keeps once it has caught up.
@@ -63,6 +102,8 @@ enum Slot {
     Lagged(u64),
     /// A close that waits for what was queued before it.
     Close(u16, &'static str),
+    /// A direct write left part of a frame for the writer to finish.
+    Flush,
 }
 
 impl Slot {
@@ -71,7 +112,7 @@ impl Slot {
             + match self {
                 Slot::Event { event, .. } => event.text.len(),
                 Slot::Control(text) => text.len(),
-                Slot::Lagged(_) | Slot::Close(..) => 0,
+                Slot::Lagged(_) | Slot::Close(..) | Slot::Flush => 0,
             }
     }
 }
@@ -80,6 +121,8 @@ impl Slot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
+    /// Written to the socket by the fan-out itself: delivered.
+    Written,
     Conflated,
     Dropped,
     /// Dropped, and the client is now closed with 4009.
@@ -114,6 +157,9 @@ struct Inner {
     /// A replay waits for room: the writer's pops wake it. Without one waiting
     /// a pop notifies nobody, so it does not take `room`'s lock each time.
     room_wanted: bool,
+    /// The writer found the queue empty and holds nothing it has not written:
+    /// the fan-out may write to the socket itself.
+    writer_waiting: bool,
 }
 
 impl Inner {
@@ -150,32 +196,107 @@ pub struct Outbox {
     notify: Notify,
     /// Wakes a waiting replay: room was made, or the connection closes.
     room: Notify,
+    /// The socket, for direct writes (WebSockets without `batch` only).
+    direct: OnceLock<Arc<dyn DirectWriter>>,
 }
 
 impl Outbox {
     /// A queue of at most `capacity_bytes` (the one item that does not fit in
     /// an empty queue is still accepted, so any single reply can be sent).
     pub fn new(capacity_bytes: usize) -> Self {
-        Self { capacity: capacity_bytes.max(1), inner: Mutex::new(Inner::default()), notify: Notify::new(), room: Notify::new() }
+        Self {
+            capacity: capacity_bytes.max(1),
+            inner: Mutex::new(Inner::default()),
+            notify: Notify::new(),
+            room: Notify::new(),
+            direct: OnceLock::new(),
+        }
+    }
+
+    /// From now on the fan-out may write events straight to `writer` while
+    /// the connection's writer waits with nothing queued. Set once.
+    pub fn write_directly_to(&self, writer: Arc<dyn DirectWriter>) {
+        let _ = self.direct.set(writer);
+    }
+
+    /// Writes `events` to the socket when nothing is queued ahead of them and
+    /// the writer is idle; false when they must be queued instead.
+    fn try_write_directly(&self, inner: &mut Inner, events: &[Arc<PreparedEvent>]) -> bool {
+        if !inner.writer_waiting || inner.held.is_some() || !inner.main.slots.is_empty() {
+            return false;
+        }
+        let Some(direct) = self.direct.get() else { return false };
+        // Traced events are written by the writer, inside their delivery
+        // span; one already covered by what was sent is skipped at its pop.
+        let mut last_sent = inner.last_sent;
+        for event in events {
+            if event.trace.is_some() {
+                return false;
+            }
+            if let Some(id) = event.id {
+                if last_sent.is_some_and(|last| id <= last) {
+                    return false;
+                }
+                last_sent = Some(id);
+            }
+        }
+        match direct.try_write_frames(events) {
+            DirectWrite::Busy => return false,
+            DirectWrite::Whole => {}
+            DirectWrite::Partial => {
+                // Everything after this frame waits behind the writer's flush.
+                inner.main.slots.push_back(Slot::Flush);
+                inner.bytes += SLOT_OVERHEAD;
+                inner.writer_waiting = false;
+            }
+        }
+        inner.last_sent = last_sent;
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a live event from fan-out. Never waits.
+    /// Queues a live event from fan-out (or writes it). Never waits.
     pub fn push_event(&self, event: Arc<PreparedEvent>) -> Pushed {
+        let mut pushed = Pushed::Closed;
+        self.push_events(std::slice::from_ref(&event), |_, p| pushed = p);
+        pushed
+    }
+
+    /// Queues live events that arrived together, in order, or writes them to
+    /// the socket in one write; `outcome` hears what became of each. Never waits.
+    pub fn push_events(&self, events: &[Arc<PreparedEvent>], mut outcome: impl FnMut(&PreparedEvent, Pushed)) {
         let mut inner = self.lock();
+        if !inner.is_closed() && self.try_write_directly(&mut inner, events) {
+            // A frame written in part waits for the writer's flush.
+            let flush = !inner.writer_waiting;
+            drop(inner);
+            if flush {
+                self.notify.notify_one();
+            }
+            events.iter().for_each(|e| outcome(e, Pushed::Written));
+            return;
+        }
+        for event in events {
+            outcome(event, self.queue_event(&mut inner, event.clone()));
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    fn queue_event(&self, inner: &mut Inner, event: Arc<PreparedEvent>) -> Pushed {
         if inner.is_closed() {
             return Pushed::Closed;
         }
         let capacity = self.capacity;
         let slot = Slot::Event { event, replay: false };
         let cost = slot.cost();
-        let state = &mut *inner;
+        let state = inner;
         let holding = state.held.is_some();
         let lane = state.held.as_mut().unwrap_or(&mut state.main);
-        let outcome = if state.bytes + cost <= capacity || state.bytes == 0 {
+        if state.bytes + cost <= capacity || state.bytes == 0 {
             lane.slots.push_back(slot);
             state.bytes += cost;
             Pushed::Queued
@@ -208,10 +329,7 @@ impl Outbox {
             } else {
                 Pushed::Dropped
             }
-        };
-        drop(inner);
-        self.notify.notify_one();
-        outcome
+        }
     }
 
     /// Queues a server message. A reply is never dropped: one that does not
@@ -373,11 +491,13 @@ impl Outbox {
         self.lock().last_sent
     }
 
-    /// Next item to send, waiting until there is one.
+    /// Next item to send, waiting until there is one. While it waits, the
+    /// fan-out may write to the socket itself ([`Outbox::write_directly_to`]):
+    /// the caller must have written everything it popped before.
     pub async fn pop(&self) -> Outgoing {
         loop {
             let notified = self.notify.notified();
-            if let Some(item) = self.try_pop() {
+            if let Some(item) = self.next(true) {
                 return item;
             }
             notified.await;
@@ -402,11 +522,18 @@ impl Outbox {
 
     /// The next item if one is ready now (the writer drains a backlog with it).
     pub fn try_pop(&self) -> Option<Outgoing> {
+        self.next(false)
+    }
+
+    /// The next item; with none, the writer counts as waiting if `waiting`.
+    fn next(&self, waiting: bool) -> Option<Outgoing> {
         let mut inner = self.lock();
-        if let Some((code, reason)) = inner.closing {
-            return Some(Outgoing::Close(code, reason));
-        }
-        self.take_front(&mut inner)
+        let item = match inner.closing {
+            Some((code, reason)) => Some(Outgoing::Close(code, reason)),
+            None => self.take_front(&mut inner),
+        };
+        inner.writer_waiting = waiting && item.is_none();
+        item
     }
 
     fn take_front(&self, inner: &mut Inner) -> Option<Outgoing> {
@@ -427,6 +554,7 @@ impl Outbox {
                 Slot::Control(text) => return Some(Outgoing::Control(text)),
                 Slot::Lagged(n) => return Some(Outgoing::Lagged(n)),
                 Slot::Close(code, reason) => return Some(Outgoing::Close(code, reason)),
+                Slot::Flush => return Some(Outgoing::Flush),
                 Slot::Event { event, replay } => {
                     if let Some(id) = event.id {
                         // At most once per connection, in id order: a live event

@@ -1,5 +1,5 @@
-//! The outbox's unit tests: bounds, conflation, lagged markers, condemnation
-//! and the replay's wait for room.
+//! The outbox's unit tests: bounds, conflation, lagged markers, condemnation,
+//! the replay's wait for room, and the fan-out's direct writes.
 
 use super::*;
 
@@ -11,6 +11,7 @@ fn ev(event_type: &str, entity: Option<&str>, id: u64) -> Arc<PreparedEvent> {
         published_at: None,
         text: format!("{id}").into(),
         trace: None,
+        frame: Default::default(),
     })
 }
 
@@ -21,6 +22,7 @@ fn drain(outbox: &Outbox) -> Vec<String> {
             Outgoing::Event(e) => e.text.to_string(),
             Outgoing::Control(t) => format!("ctl:{t}"),
             Outgoing::Lagged(n) => format!("lagged:{n}"),
+            Outgoing::Flush => "flush".into(),
             Outgoing::Close(code, _) => {
                 out.push(format!("close:{code}"));
                 break;
@@ -58,6 +60,7 @@ fn the_bound_counts_bytes_not_items() {
             published_at: None,
             text: "x".repeat(400).into(),
             trace: None,
+            frame: Default::default(),
         })
     };
     assert_eq!(outbox.push_event(big(1)), Pushed::Queued);
@@ -178,4 +181,95 @@ fn close_wins_over_queued_items() {
     outbox.close(close::DRAINING, "draining");
     outbox.close(close::NORMAL, "later");
     assert_eq!(drain(&outbox), ["close:1012"]);
+}
+
+/// A socket stand-in that answers each write as told and keeps what it took.
+#[derive(Debug, Default)]
+struct FakeSocket {
+    answer: Mutex<Option<DirectWrite>>,
+    written: Mutex<Vec<String>>,
+}
+
+impl FakeSocket {
+    fn answer(&self, answer: DirectWrite) {
+        *self.answer.lock().unwrap() = Some(answer);
+    }
+
+    fn written(&self) -> Vec<String> {
+        self.written.lock().unwrap().clone()
+    }
+}
+
+impl DirectWriter for FakeSocket {
+    fn try_write_frames(&self, events: &[Arc<PreparedEvent>]) -> DirectWrite {
+        let answer = self.answer.lock().unwrap().unwrap_or(DirectWrite::Whole);
+        if answer != DirectWrite::Busy {
+            self.written.lock().unwrap().extend(events.iter().map(|e| e.text.to_string()));
+        }
+        answer
+    }
+}
+
+/// An outbox writing to a fake socket, its writer waiting on an empty queue.
+fn direct_outbox() -> (Outbox, Arc<FakeSocket>) {
+    let outbox = Outbox::new(room_for(100));
+    let socket = Arc::new(FakeSocket::default());
+    outbox.write_directly_to(socket.clone());
+    assert!(futures_util::FutureExt::now_or_never(outbox.pop()).is_none(), "nothing queued yet");
+    (outbox, socket)
+}
+
+#[test]
+fn events_for_an_idle_writer_go_straight_to_the_socket_and_queue_once_it_is_full() {
+    let (outbox, socket) = direct_outbox();
+    assert_eq!(outbox.push_event(ev("t", None, 1)), Pushed::Written);
+    let mut outcomes = Vec::new();
+    outbox.push_events(&[ev("t", None, 2), ev("t", None, 3)], |e, p| outcomes.push((e.text.to_string(), p)));
+    assert_eq!(outcomes, [("2".to_string(), Pushed::Written), ("3".to_string(), Pushed::Written)]);
+    assert_eq!(socket.written(), ["1", "2", "3"]);
+    assert!(drain(&outbox).is_empty());
+    // The socket is full: the event queues, and so does the next one behind
+    // it even though the socket has room again, so order holds.
+    assert!(futures_util::FutureExt::now_or_never(outbox.pop()).is_none());
+    socket.answer(DirectWrite::Busy);
+    assert_eq!(outbox.push_event(ev("t", None, 4)), Pushed::Queued);
+    socket.answer(DirectWrite::Whole);
+    assert_eq!(outbox.push_event(ev("t", None, 5)), Pushed::Queued);
+    assert_eq!(drain(&outbox), ["4", "5"]);
+    assert_eq!(socket.written(), ["1", "2", "3"]);
+    // After a direct write, a live event the socket already got is skipped.
+    assert!(futures_util::FutureExt::now_or_never(outbox.pop()).is_none());
+    assert_eq!(outbox.push_event(ev("t", None, 3)), Pushed::Queued);
+    assert!(drain(&outbox).is_empty());
+}
+
+#[test]
+fn a_frame_written_in_part_makes_everything_after_it_wait_for_the_writers_flush() {
+    let (outbox, socket) = direct_outbox();
+    socket.answer(DirectWrite::Partial);
+    assert_eq!(outbox.push_event(ev("t", None, 1)), Pushed::Written);
+    socket.answer(DirectWrite::Whole);
+    assert_eq!(outbox.push_event(ev("t", None, 2)), Pushed::Queued);
+    assert_eq!(drain(&outbox), ["flush", "2"]);
+    assert_eq!(socket.written(), ["1"]);
+}
+
+#[test]
+fn a_busy_writer_a_running_replay_or_a_closing_connection_get_nothing_directly() {
+    let outbox = Outbox::new(room_for(100));
+    let socket = Arc::new(FakeSocket::default());
+    outbox.write_directly_to(socket.clone());
+    // The writer has not waited yet (it is sending what it popped).
+    assert_eq!(outbox.push_event(ev("t", None, 1)), Pushed::Queued);
+    assert_eq!(drain(&outbox), ["1"]);
+    // A replay holds live events back.
+    assert!(futures_util::FutureExt::now_or_never(outbox.pop()).is_none());
+    outbox.hold();
+    assert_eq!(outbox.push_event(ev("t", None, 2)), Pushed::Queued);
+    assert!(outbox.try_release(EventId::new(1, 0)));
+    assert_eq!(drain(&outbox), ["2"]);
+    assert!(futures_util::FutureExt::now_or_never(outbox.pop()).is_none());
+    outbox.close(close::NORMAL, "");
+    assert_eq!(outbox.push_event(ev("t", None, 3)), Pushed::Closed);
+    assert!(socket.written().is_empty());
 }

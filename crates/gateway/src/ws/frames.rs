@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tidings_protocol::codes::close;
 use tokio::time::timeout;
@@ -39,8 +40,52 @@ pub(crate) async fn send_close(sink: &mut impl FrameSink, code: u16, reason: imp
     let _ = timeout(grace, sink.send(frame)).await;
 }
 
+/// `payload` as one complete, unmasked WebSocket text frame (RFC 6455 §5.2):
+/// what tungstenite would write for `Message::Text(payload)` on the server side.
+pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
+    const FIN_TEXT: u8 = 0x81;
+    let len = payload.len();
+    let mut frame = BytesMut::with_capacity(len + 10);
+    frame.put_u8(FIN_TEXT);
+    if len < 126 {
+        frame.put_u8(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        frame.put_u8(126);
+        frame.put_u16(len);
+    } else {
+        frame.put_u8(127);
+        frame.put_u64(len as u64);
+    }
+    frame.put_slice(payload);
+    frame.freeze()
+}
+
 /// Time left until the Unix time `exp`, at most [`MAX_TOKEN_TIMER`] so that
 /// `Instant::now() + until_unix(exp)` cannot overflow.
 pub(crate) fn until_unix(exp: u64) -> Duration {
     Duration::from_secs(exp.saturating_sub(tidings_token::unix_now())).min(MAX_TOKEN_TIMER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_frame_is_what_tungstenite_writes_for_every_length_form() {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let payload = "x".repeat(len);
+            let mut expected = Vec::new();
+            Frame::message(
+                payload.clone(),
+                tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+                    tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+                ),
+                true,
+            )
+            .format(&mut expected)
+            .unwrap();
+            assert_eq!(text_frame(payload.as_bytes()).as_ref(), expected.as_slice(), "payload of {len} bytes");
+        }
+    }
 }

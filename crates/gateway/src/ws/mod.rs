@@ -15,9 +15,10 @@ mod writer;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt, StreamExt};
@@ -32,14 +33,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-pub(crate) use self::frames::until_unix;
 use self::frames::{FrameSink, FrameStream, send_close};
+pub(crate) use self::frames::{text_frame, until_unix};
 use self::reader::{FrameError, Opening, Session, read_side};
 use self::writer::{WRITE_COALESCE_BYTES, write_loop};
 use crate::access::{Access, authorize, check_origin, expires_at, parse_filter, parse_since};
+use crate::deadline::Peer;
 use crate::error::ApiError;
 use crate::hub::Transport;
 use crate::node::{Admission, Node, Registration, Slot};
+use crate::outbox::DirectWriter;
 use crate::rate::TokenBucket;
 use crate::replay::Replay;
 
@@ -74,6 +77,7 @@ struct Setup {
 /// `GET /ws`.
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
+    peer: Option<Extension<ConnectInfo<Peer>>>,
     query: Result<Query<ConnectParams>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -85,6 +89,9 @@ pub async fn upgrade(
                 Err(e) => return ApiError::bad_request(format!("not a WebSocket upgrade: {e}")).into_response(),
             };
             let limit = node.config.max_message_bytes;
+            // The fan-out writes a `batch=1` connection's events through its
+            // writer (it frames several at once), everyone else's directly.
+            let direct = peer.filter(|_| !setup.batch).map(|Extension(ConnectInfo(peer))| peer.socket as Arc<dyn DirectWriter>);
             // Clients send little (pings, filter changes): a small read chunk
             // saves ~4 KiB per idle connection over 4 KiB, and the buffer still
             // grows for a large message (BENCHMARKS.md, idle memory).
@@ -99,7 +106,7 @@ pub async fn upgrade(
                     let tasks = node.tasks.clone();
                     // Every log line of the session names its connection.
                     let span = tracing::info_span!("connection", connection_id = Empty, workspace_id = Empty, user_id = Empty);
-                    tasks.track_future(serve_socket(node, socket, setup, identity).instrument(span))
+                    tasks.track_future(serve_socket(node, socket, setup, identity, direct).instrument(span))
                 })
         }
         Err(e) => {
@@ -197,14 +204,22 @@ async fn join(node: &Arc<Node>, setup: &Setup, access: Access, admission: Admiss
     Ok(Joined { access, _admission: admission, registration, replay })
 }
 
-async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity: Identity) {
+async fn serve_socket(node: Arc<Node>, socket: WebSocket, setup: Setup, identity: Identity, direct: Option<Arc<dyn DirectWriter>>) {
     let (sink, stream) = socket.split();
-    serve(node, sink, stream, setup, identity).await;
+    serve(node, sink, stream, setup, identity, direct).await;
 }
 
 /// One WebSocket session on any frame sink and stream: authentication by
-/// first message if the upgrade carried no token, joining, then the session's task.
-async fn serve(node: Arc<Node>, mut sink: impl FrameSink, mut stream: impl FrameStream, setup: Setup, identity: Identity) {
+/// first message if the upgrade carried no token, joining, then the session's
+/// task. `direct` is the socket under `sink`, for the fan-out's direct writes.
+async fn serve(
+    node: Arc<Node>,
+    mut sink: impl FrameSink,
+    mut stream: impl FrameStream,
+    setup: Setup,
+    identity: Identity,
+    direct: Option<Arc<dyn DirectWriter>>,
+) {
     let joined = match identity {
         Identity::Joined(joined) => *joined,
         Identity::Pending(slot) => {
@@ -250,6 +265,9 @@ async fn serve(node: Arc<Node>, mut sink: impl FrameSink, mut stream: impl Frame
     span.record("user_id", conn.user_id.as_str());
     let Joined { access, _admission, registration, replay } = joined;
     let conn = registration.connection().clone();
+    if let Some(direct) = direct {
+        conn.outbox.write_directly_to(direct);
+    }
     let session = Box::new(Session {
         limiter: TokenBucket::new(node.config.client_rate),
         node,

@@ -71,7 +71,7 @@ async fn connect(node: &Arc<Node>, workspace: &str) -> ChannelClient {
     let (to_session, mut inbox) = mpsc::channel(64);
     let sink = PollSender::new(to_client).sink_map_err(axum::Error::new);
     let stream = futures_util::stream::poll_fn(move |cx| inbox.poll_recv(cx));
-    tokio::spawn(serve(node.clone(), sink, stream, setup, identity));
+    tokio::spawn(serve(node.clone(), sink, stream, setup, identity, None));
     ChannelClient { to_session, from_session }
 }
 

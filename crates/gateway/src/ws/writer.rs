@@ -67,15 +67,21 @@ pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink:
             item = conn.outbox.pop() => Some(item),
         };
         let mut close = None;
+        // A frame the fan-out wrote in part waits for this flush.
+        let mut flush = false;
         match first {
             None => frames.push(Message::Ping(Default::default())),
+            Some(Outgoing::Flush) => flush = true,
             Some(item) => close = collect(item, batch, &conn, &mut frames, &mut events),
         }
         while close.is_none() && frames.len() < MAX_COALESCE {
-            let Some(item) = conn.outbox.try_pop() else { break };
-            close = collect(item, batch, &conn, &mut frames, &mut events);
+            match conn.outbox.try_pop() {
+                None => break,
+                Some(Outgoing::Flush) => flush = true,
+                Some(item) => close = collect(item, batch, &conn, &mut frames, &mut events),
+            }
         }
-        if !frames.is_empty() {
+        if !frames.is_empty() || flush {
             // Open while the frames are written; only traced events have them.
             let delivering: Vec<tracing::Span> =
                 events.iter().filter_map(|e| e.trace.as_ref()?.deliver_span(&conn.connection_id)).collect();
@@ -146,6 +152,8 @@ fn collect(
         Outgoing::Control(text) => frames.push(Message::Text(text)),
         Outgoing::Lagged(dropped) => frames.push(Message::Text(ServerMessage::Lagged { dropped }.to_json().into())),
         Outgoing::Close(code, reason) => return Some((code, reason)),
+        // Taken by the caller.
+        Outgoing::Flush => {}
     }
     None
 }
