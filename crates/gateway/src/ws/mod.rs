@@ -29,7 +29,6 @@ use tidings_protocol::codes::close;
 use tidings_protocol::messages::parse_client_message;
 use tidings_protocol::{ClientMessage, EventId, Filter, ServerMessage};
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -333,12 +332,17 @@ async fn run_connection(
     if session.node.is_draining() {
         session.conn.outbox.close(close::DRAINING, "draining");
     }
-    let done = CancellationToken::new();
+    let done = join::Done::default();
     // The writer and the reader are two futures of one task (an idle
     // connection pays for one task, not two); the reader is polled only when
     // its own waker fired.
     let (node, conn) = (session.node.clone(), session.conn.clone());
-    join::writer_and_reader(write_loop(node, conn, sink, batch, done.clone()), read_side(&mut session, stream, opening, &done)).await;
+    join::writer_and_reader(
+        write_loop(node, conn, sink, batch, done.clone()),
+        read_side(&mut session, stream, opening, &done),
+        done.clone(),
+    )
+    .await;
     // The registration goes with the session, after the writer stopped.
     drop(session);
 }

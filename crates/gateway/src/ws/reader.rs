@@ -13,9 +13,9 @@ use tidings_protocol::messages::{encode_history, parse_client_message};
 use tidings_protocol::timestamp::now_rfc3339;
 use tidings_protocol::{ClientMessage, Filter, ServerMessage};
 use tokio::time::{Instant, sleep, timeout};
-use tokio_util::sync::CancellationToken;
 
 use super::frames::{CLOSE_GRACE, FrameStream, until_unix};
+use super::join::Done;
 use crate::access::expires_at;
 use crate::hub::{Connection, prepare};
 use crate::node::{Admission, Node, Registration};
@@ -36,12 +36,7 @@ pub(super) struct Opening {
 /// The connection's reader: the replay asked for by `since` (while the writer
 /// sends it), then client messages until the connection ends, then the close
 /// handshake's tail.
-pub(super) async fn read_side(
-    session: &mut Session,
-    mut stream: impl FrameStream,
-    opening: Option<Box<Opening>>,
-    done: &CancellationToken,
-) {
+pub(super) async fn read_side(session: &mut Session, mut stream: impl FrameStream, opening: Option<Box<Opening>>, done: &Done) {
     // Boxed, here and below: cold paths whose futures are large would
     // otherwise be part of every idle connection's task.
     if let Some(opening) = opening {
@@ -66,7 +61,7 @@ pub(super) async fn read_side(
 
 /// Lets the writer finish a close handshake it started, then lets the peer
 /// answer it, so the close code reaches the client before the TCP close.
-async fn linger(ended: ReadEnd, stream: &mut impl FrameStream, done: &CancellationToken) {
+async fn linger(ended: ReadEnd, stream: &mut impl FrameStream, done: &Done) {
     if timeout(CLOSE_GRACE, done.cancelled()).await.is_ok() {
         if ended == ReadEnd::Unread {
             // Bytes of a refused frame may still be unread in the socket;
@@ -106,7 +101,7 @@ enum ReadEnd {
 /// Reads client messages until the connection ends. A panic while handling
 /// one (a bug here or in a broker) closes the connection 1011 instead of
 /// leaving its socket open with nobody reading.
-async fn read_loop(session: &mut Session, stream: &mut impl FrameStream, done: &CancellationToken) -> ReadEnd {
+async fn read_loop(session: &mut Session, stream: &mut impl FrameStream, done: &Done) -> ReadEnd {
     let conn = session.conn.clone();
     match AssertUnwindSafe(read_messages(session, stream, done)).catch_unwind().await {
         Ok(end) => end,
@@ -118,7 +113,7 @@ async fn read_loop(session: &mut Session, stream: &mut impl FrameStream, done: &
     }
 }
 
-async fn read_messages(session: &mut Session, stream: &mut impl FrameStream, done: &CancellationToken) -> ReadEnd {
+async fn read_messages(session: &mut Session, stream: &mut impl FrameStream, done: &Done) -> ReadEnd {
     let expiry = sleep(until_unix(session.claims.exp));
     tokio::pin!(expiry);
     loop {

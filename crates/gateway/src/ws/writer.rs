@@ -9,9 +9,9 @@ use tidings_protocol::ServerMessage;
 use tidings_protocol::codes::close;
 use tidings_protocol::messages::encode_batch;
 use tokio::time::{Instant, timeout};
-use tokio_util::sync::CancellationToken;
 
 use super::frames::{FrameSink, MAX_BATCH, SLOW_CLOSE_GRACE, send_close};
+use super::join::Done;
 use crate::hub::Connection;
 use crate::node::Node;
 use crate::outbox::{Outgoing, PreparedEvent};
@@ -30,7 +30,7 @@ pub(super) const WRITE_COALESCE_BYTES: usize = 16 * 1024;
 /// with one flush, so a backlog costs one syscall per wake-up instead of one per
 /// event. Stalled writes are ended by the socket's write deadline
 /// ([`crate::deadline`]), so no timer is armed per send.
-pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: impl FrameSink, batch: bool, done: CancellationToken) {
+pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink: impl FrameSink, batch: bool, done: Done) {
     // One timer per connection, at half the heartbeat: every tick checks the
     // client's liveness (the reader marks what it receives), every other
     // tick sends the ping.
@@ -41,9 +41,6 @@ pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink:
     let delivered = node.metrics.messages_delivered.with_label_values(&[conn.transport.label()]);
     let mut frames: Vec<Message> = Vec::new();
     let mut events: Vec<Arc<PreparedEvent>> = Vec::new();
-    // Registered with the token once, not on every wake-up.
-    let cancelled = done.cancelled();
-    tokio::pin!(cancelled);
     loop {
         frames.clear();
         events.clear();
@@ -52,7 +49,7 @@ pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink:
         frames.shrink_to(0);
         events.shrink_to(0);
         let first = tokio::select! {
-            () = &mut cancelled => break,
+            () = done.cancelled() => break,
             _ = tick.tick() => {
                 if conn.silent_for() > heartbeat * 2 {
                     tracing::debug!(connection_id = %conn.connection_id, "no sign of life for two heartbeats; dropping");
@@ -115,19 +112,25 @@ pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Connection>, mut sink:
             }
         }
         if let Some((code, reason)) = close {
-            node.metrics.connections_closed.with_label_values(&[&code.to_string()]).inc();
-            let dropped = conn.outbox.dropped_pending();
-            if code == close::TOO_SLOW && dropped > 0 {
-                // What it lost, for a client that reads again before the close.
-                let _ = timeout(SLOW_CLOSE_GRACE, sink.send(Message::Text(ServerMessage::Lagged { dropped }.to_json().into()))).await;
-            }
-            send_close(&mut sink, code, reason).await;
+            // Boxed: its timers would otherwise be part of every connection's state.
+            Box::pin(send_final_close(&node, &conn, &mut sink, code, reason)).await;
             break;
         }
     }
     done.cancel();
     // Nothing sends any more: wake a replay waiting for room, and refuse pushes.
     conn.outbox.close(close::NORMAL, "");
+}
+
+/// Sends the close frame, after telling a client closed 4009 what it lost.
+async fn send_final_close(node: &Node, conn: &Connection, sink: &mut impl FrameSink, code: u16, reason: &'static str) {
+    node.metrics.connections_closed.with_label_values(&[&code.to_string()]).inc();
+    let dropped = conn.outbox.dropped_pending();
+    if code == close::TOO_SLOW && dropped > 0 {
+        // What it lost, for a client that reads again before the close.
+        let _ = timeout(SLOW_CLOSE_GRACE, sink.send(Message::Text(ServerMessage::Lagged { dropped }.to_json().into()))).await;
+    }
+    send_close(sink, code, reason).await;
 }
 
 /// Turns one queued item into frames; `Some` for a close, which ends the round.
