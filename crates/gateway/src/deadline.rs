@@ -69,17 +69,25 @@ impl Connected<IncomingStream<'_, DeadlineListener>> for Peer {
     }
 }
 
+/// Bytes an I/O object has written in all, counting progress that its
+/// writes do not report: the rest of a frame the fan-out wrote in part is
+/// drained inside writes that still end `Pending` ([`SocketIo`]).
+pub trait WriteProgress {
+    fn written(&self) -> u64;
+}
+
 /// An I/O object whose writes fail once they have been pending for `deadline`
 /// without progress. Reads are untouched (idle clients are the heartbeat's business).
 #[derive(Debug)]
 pub struct DeadlineIo<T> {
     inner: T,
     deadline: Duration,
-    /// Armed when a write first returns `Pending`, disarmed by any progress.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// Armed when a write first returns `Pending`, with what had been written
+    /// by then; disarmed by any progress.
+    stalled: Option<(Pin<Box<Sleep>>, u64)>,
 }
 
-impl<T> DeadlineIo<T> {
+impl<T: WriteProgress> DeadlineIo<T> {
     pub fn new(inner: T, deadline: Duration) -> Self {
         Self { inner, deadline, stalled: None }
     }
@@ -89,7 +97,11 @@ impl<T> DeadlineIo<T> {
     /// the task's waker, so the deadline fires even if the socket never wakes it.
     fn stall<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
         let deadline = self.deadline;
-        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
+        let written = self.inner.written();
+        if self.stalled.as_ref().is_some_and(|(_, at)| *at != written) {
+            self.stalled = None;
+        }
+        let (timer, _) = self.stalled.get_or_insert_with(|| (Box::pin(tokio::time::sleep(deadline)), written));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write deadline passed: the peer stopped reading"))),
             Poll::Pending => Poll::Pending,
@@ -108,7 +120,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
+impl<T: AsyncWrite + WriteProgress + Unpin> AsyncWrite for DeadlineIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
@@ -147,6 +159,12 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    impl WriteProgress for tokio::io::DuplexStream {
+        fn written(&self) -> u64 {
+            0
+        }
+    }
+
     #[tokio::test]
     async fn a_write_the_peer_never_reads_fails_after_the_deadline_and_progress_resets_it() {
         // A duplex pipe with a 16-byte buffer: the 17th byte waits for a reader.
@@ -161,5 +179,49 @@ mod tests {
         let mut sink = [0u8; 64];
         let _ = tokio::io::AsyncReadExt::read(&mut server, &mut sink).await.unwrap();
         io.write_all(&[1; 8]).await.unwrap();
+    }
+
+    /// Takes nothing it is given; the progress it reports is made elsewhere.
+    struct DrainedElsewhere(Arc<std::sync::atomic::AtomicU64>);
+
+    impl WriteProgress for DrainedElsewhere {
+        fn written(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl AsyncWrite for DrainedElsewhere {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn progress_made_inside_pending_writes_re_arms_the_deadline() {
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut io = DeadlineIo::new(DrainedElsewhere(written.clone()), Duration::from_secs(60));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut poll_once = |io: &mut DeadlineIo<DrainedElsewhere>| {
+            assert!(Pin::new(&mut *io).poll_flush(&mut cx).is_pending());
+            let (timer, at) = io.stalled.as_ref().expect("armed while pending");
+            (timer.deadline(), *at)
+        };
+        let (first_deadline, at) = poll_once(&mut io);
+        assert_eq!(at, 0);
+        // No progress: the same timer keeps running.
+        assert_eq!(poll_once(&mut io), (first_deadline, 0));
+        // Bytes went out while the write stayed pending: a fresh timer.
+        written.store(512, std::sync::atomic::Ordering::SeqCst);
+        let (deadline, at) = poll_once(&mut io);
+        assert_eq!(at, 512);
+        assert!(deadline >= first_deadline);
     }
 }

@@ -11,6 +11,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
@@ -18,6 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::deadline::WriteProgress;
 use crate::outbox::{DirectWrite, DirectWriter, PreparedEvent};
 
 /// One accepted connection's socket, shared by [`SocketIo`] and the fan-out.
@@ -25,6 +27,9 @@ use crate::outbox::{DirectWrite, DirectWriter, PreparedEvent};
 pub struct SharedSocket {
     stream: TcpStream,
     state: Mutex<WriteState>,
+    /// Bytes of partly written frames finished so far: progress the write
+    /// deadline must see although the write that made it ends `Pending`.
+    remainder_written: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -38,7 +43,7 @@ struct WriteState {
 
 impl SharedSocket {
     pub fn new(stream: TcpStream) -> Arc<Self> {
-        Arc::new(Self { stream, state: Mutex::new(WriteState::default()) })
+        Arc::new(Self { stream, state: Mutex::new(WriteState::default()), remainder_written: AtomicU64::new(0) })
     }
 
     fn lock(&self) -> MutexGuard<'_, WriteState> {
@@ -52,7 +57,10 @@ impl SharedSocket {
             ready!(self.stream.poll_write_ready(cx))?;
             match self.stream.try_write(&state.remainder) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => state.remainder.advance(n),
+                Ok(n) => {
+                    state.remainder.advance(n);
+                    self.remainder_written.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -82,7 +90,7 @@ impl DirectWriter for SharedSocket {
             Ok(0) | Err(_) => DirectWrite::Busy,
             Ok(n) => {
                 state.remainder = unwritten(events, n);
-                DirectWrite::Partial
+                DirectWrite::Partial(total - n)
             }
         }
     }
@@ -105,6 +113,12 @@ fn unwritten(events: &[Arc<PreparedEvent>], mut written: usize) -> Bytes {
 /// hyper's I/O object over a [`SharedSocket`].
 #[derive(Debug, Clone)]
 pub struct SocketIo(pub Arc<SharedSocket>);
+
+impl WriteProgress for SocketIo {
+    fn written(&self) -> u64 {
+        self.0.remainder_written.load(Ordering::Relaxed)
+    }
+}
 
 impl AsyncRead for SocketIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -214,7 +228,7 @@ mod tests {
             let batch = [event(2 * n), event(2 * n + 1)];
             match socket.try_write_frames(&batch) {
                 DirectWrite::Whole => batch.iter().for_each(|e| expected.extend_from_slice(e.ws_frame())),
-                DirectWrite::Partial => {
+                DirectWrite::Partial(_) => {
                     batch.iter().for_each(|e| expected.extend_from_slice(e.ws_frame()));
                     partial = true;
                 }

@@ -61,9 +61,9 @@ impl PreparedEvent {
 pub enum DirectWrite {
     /// Written whole.
     Whole,
-    /// Written in part; the rest is written before anything else, at the
-    /// writer's next flush.
-    Partial,
+    /// Written in part, this many bytes left; the rest is written before
+    /// anything else, at the writer's next flush.
+    Partial(usize),
     /// Not written (the socket is full, or someone else is mid-frame).
     Busy,
 }
@@ -102,8 +102,8 @@ enum Slot {
     Lagged(u64),
     /// A close that waits for what was queued before it.
     Close(u16, &'static str),
-    /// A direct write left part of a frame for the writer to finish.
-    Flush,
+    /// A direct write left this many bytes for the writer to finish.
+    Flush(usize),
 }
 
 impl Slot {
@@ -112,7 +112,9 @@ impl Slot {
             + match self {
                 Slot::Event { event, .. } => event.text.len(),
                 Slot::Control(text) => text.len(),
-                Slot::Lagged(_) | Slot::Close(..) | Slot::Flush => 0,
+                // The rest of a frame counts until it is written: it is a copy.
+                Slot::Flush(left) => *left,
+                Slot::Lagged(_) | Slot::Close(..) => 0,
             }
     }
 }
@@ -225,6 +227,11 @@ impl Outbox {
         if !inner.writer_waiting || inner.held.is_some() || !inner.main.slots.is_empty() {
             return false;
         }
+        // What a partial write leaves is held under the same bound as the queue.
+        let cost: usize = events.iter().map(|e| SLOT_OVERHEAD + e.ws_frame().len()).sum();
+        if !inner.fits(self.capacity, cost) {
+            return false;
+        }
         let Some(direct) = self.direct.get() else { return false };
         // Traced events are written by the writer, inside their delivery
         // span; one already covered by what was sent is skipped at its pop.
@@ -243,10 +250,11 @@ impl Outbox {
         match direct.try_write_frames(events) {
             DirectWrite::Busy => return false,
             DirectWrite::Whole => {}
-            DirectWrite::Partial => {
+            DirectWrite::Partial(left) => {
                 // Everything after this frame waits behind the writer's flush.
-                inner.main.slots.push_back(Slot::Flush);
-                inner.bytes += SLOT_OVERHEAD;
+                let slot = Slot::Flush(left);
+                inner.bytes += slot.cost();
+                inner.main.slots.push_back(slot);
                 inner.writer_waiting = false;
             }
         }
@@ -554,7 +562,7 @@ impl Outbox {
                 Slot::Control(text) => return Some(Outgoing::Control(text)),
                 Slot::Lagged(n) => return Some(Outgoing::Lagged(n)),
                 Slot::Close(code, reason) => return Some(Outgoing::Close(code, reason)),
-                Slot::Flush => return Some(Outgoing::Flush),
+                Slot::Flush(_) => return Some(Outgoing::Flush),
                 Slot::Event { event, replay } => {
                     if let Some(id) = event.id {
                         // At most once per connection, in id order: a live event

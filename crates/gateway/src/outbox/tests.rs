@@ -246,8 +246,10 @@ fn events_for_an_idle_writer_go_straight_to_the_socket_and_queue_once_it_is_full
 #[test]
 fn a_frame_written_in_part_makes_everything_after_it_wait_for_the_writers_flush() {
     let (outbox, socket) = direct_outbox();
-    socket.answer(DirectWrite::Partial);
+    socket.answer(DirectWrite::Partial(3));
     assert_eq!(outbox.push_event(ev("t", None, 1)), Pushed::Written);
+    // The rest waiting in the socket counts against the bound until it is written.
+    assert_eq!(outbox.queued_bytes(), SLOT_OVERHEAD + 3);
     socket.answer(DirectWrite::Whole);
     assert_eq!(outbox.push_event(ev("t", None, 2)), Pushed::Queued);
     assert_eq!(drain(&outbox), ["flush", "2"]);
@@ -272,4 +274,25 @@ fn a_busy_writer_a_running_replay_or_a_closing_connection_get_nothing_directly()
     outbox.close(close::NORMAL, "");
     assert_eq!(outbox.push_event(ev("t", None, 3)), Pushed::Closed);
     assert!(socket.written().is_empty());
+}
+
+#[test]
+fn events_that_would_not_fit_the_queue_are_not_written_directly() {
+    // What a partial write leaves behind must fit the same bound as the queue.
+    let outbox = Outbox::new(room_for(1));
+    let socket = Arc::new(FakeSocket::default());
+    outbox.write_directly_to(socket.clone());
+    assert!(futures_util::FutureExt::now_or_never(outbox.pop()).is_none());
+    let big = Arc::new(PreparedEvent {
+        event_type: "t".into(),
+        entity_ref: None,
+        id: None,
+        published_at: None,
+        text: "x".repeat(400).into(),
+        trace: None,
+        frame: Default::default(),
+    });
+    assert_eq!(outbox.push_event(big), Pushed::Queued);
+    assert!(socket.written().is_empty());
+    assert_eq!(drain(&outbox).len(), 1);
 }

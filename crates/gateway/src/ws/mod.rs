@@ -77,6 +77,7 @@ struct Setup {
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     peer: Option<Extension<ConnectInfo<Peer>>>,
+    version: axum::http::Version,
     query: Result<Query<ConnectParams>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -89,8 +90,11 @@ pub async fn upgrade(
             };
             let limit = node.config.max_message_bytes;
             // The fan-out writes a `batch=1` connection's events through its
-            // writer (it frames several at once), everyone else's directly.
-            let direct = peer.filter(|_| !setup.batch).map(|Extension(ConnectInfo(peer))| peer.socket as Arc<dyn DirectWriter>);
+            // writer (it frames several at once), everyone else's directly:
+            // over HTTP/1.1 the upgraded socket carries this WebSocket alone.
+            let direct = peer
+                .filter(|_| !setup.batch && version == axum::http::Version::HTTP_11)
+                .map(|Extension(ConnectInfo(peer))| peer.socket as Arc<dyn DirectWriter>);
             // Clients send little (pings, filter changes): a small read chunk
             // saves ~4 KiB per idle connection over 4 KiB, and the buffer still
             // grows for a large message (BENCHMARKS.md, idle memory).
